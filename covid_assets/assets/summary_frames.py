@@ -1,0 +1,171 @@
+"""Summary tables derived from the base PCR testing table, as pure pandas functions.
+
+They are kept free of Dagster and of the database so that their semantics can be pinned by
+small hand-computed tests. Every function takes the base frame (dtypes as in `BASE_DTYPES`)
+and returns a fresh frame with a RangeIndex, the columns and dtypes of its `*_DTYPES` dict.
+
+Rates and means are rounded to 2 decimals HALF AWAY FROM ZERO, like Postgres
+`round(numeric, 2)`, and the rounding is done in exact integer arithmetic (see `_rate`), so a
+value such as 1/32 = 3.125 % becomes 3.13 here as in SQL (float `.round(2)` would give 3.12).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+TEXT, DATE, COUNT, RATE = "string", pd.ArrowDtype(pa.date32()), "Int64", "float64"
+OUTCOMES = ["Positive", "Negative", "Inconclusive"]
+
+BASE_DTYPES = {
+    "state": TEXT, "state_name": TEXT, "state_fips": TEXT, "fema_region": TEXT,
+    "overall_outcome": TEXT, "date": DATE,
+    "new_results_reported": COUNT, "total_results_reported": COUNT,
+}
+OUTCOME_RESULTS_DTYPES = {"overall_outcome": TEXT, "total_results_reported": COUNT, "pct_of_results": RATE}
+STATE_RESULTS_DTYPES = {
+    "state": TEXT, "state_name": TEXT, "positive_tests": COUNT, "negative_tests": COUNT,
+    "inconclusive_tests": COUNT, "total_tests": COUNT, "positivity_rate": RATE,
+}
+SMOOTHED_RESULTS_DTYPES = {
+    "date": DATE, "positive_tests": COUNT, "negative_tests": COUNT, "inconclusive_tests": COUNT,
+    "smoothed_positive_tests": RATE, "smoothed_negative_tests": RATE,
+    "smoothed_inconclusive_tests": RATE, "smoothed_positivity_rate": RATE,
+}
+TOTAL_RESULTS_DTYPES = {
+    "state": TEXT, "state_name": TEXT, "latest_date": DATE, "positive_total": COUNT,
+    "negative_total": COUNT, "inconclusive_total": COUNT, "total_results_reported": COUNT,
+}
+RECENT_POSITIVITY_RESULTS_DTYPES = {
+    "rank": COUNT, "state": TEXT, "state_name": TEXT, "positive_tests": COUNT,
+    "total_tests": COUNT, "positivity_rate": RATE,
+}
+
+
+def _rate(num: pd.Series, den: pd.Series | int, scale: int = 100) -> pd.Series:
+    """round(scale * num / den, 2) as float64, NaN where den is 0 or either side is NA.
+
+    Integer arithmetic rounds exact .xx5 ties half away from zero, as Postgres does; binary
+    floats cannot (most such ties are not representable, and numpy rounds half to even).
+    """
+    den = den if isinstance(den, pd.Series) else pd.Series(den, index=num.index)
+    n, d = num.astype(COUNT) * (scale * 100), den.astype(COUNT)
+    d = d.mask(d == 0)  # Int64 // 0 gives 0, not NA
+    q = (2 * n.abs() + d.abs()) // (2 * d.abs()) * np.sign(n) * np.sign(d)
+    return (q / 100).astype(RATE)
+
+
+def _typed(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
+    """Select and cast the output columns in order, with a fresh RangeIndex."""
+    return frame[list(dtypes)].astype(dtypes).reset_index(drop=True)
+
+
+def _latest_rows(base: pd.DataFrame) -> pd.DataFrame:
+    """Each state's latest row (by date, then outcome for determinism), indexed by state."""
+    ordered = base.dropna(subset=["state"]).sort_values(["state", "date", "overall_outcome"])
+    return ordered.drop_duplicates("state", keep="last").set_index("state")
+
+
+def _by_outcome(rows: pd.DataFrame, value: str, how: str, states: pd.Index) -> pd.DataFrame:
+    """`value` aggregated per state and outcome: one Int64 column per outcome, rows `states`.
+
+    Missing state/outcome pairs, and pairs whose values are all NA, become 0.
+    """
+    agg = rows.sort_values("date").groupby(["state", "overall_outcome"])[value].agg(how)
+    wide = agg.unstack("overall_outcome").reindex(index=states, columns=OUTCOMES)
+    return wide.fillna(0).astype(COUNT)
+
+
+def build_outcome_results(base: pd.DataFrame) -> pd.DataFrame:
+    """Results per outcome and their share of all results, largest first."""
+    totals = base.groupby("overall_outcome")["new_results_reported"].sum()  # NA ignored
+    out = totals.rename("total_results_reported").reset_index()
+    out["pct_of_results"] = _rate(out["total_results_reported"], int(totals.sum()))
+    out = out.sort_values(["total_results_reported", "overall_outcome"], ascending=[False, True])
+    return _typed(out, OUTCOME_RESULTS_DTYPES)
+
+
+def build_state_results(base: pd.DataFrame) -> pd.DataFrame:
+    """Results per state and outcome over the whole series, with positivity; by state.
+
+    state_name is the one on the state's latest row, in case a jurisdiction was renamed.
+    """
+    latest = _latest_rows(base)
+    counts = _by_outcome(base, "new_results_reported", "sum", latest.index)
+    out = pd.DataFrame({
+        "state_name": latest["state_name"],
+        "positive_tests": counts["Positive"],
+        "negative_tests": counts["Negative"],
+        "inconclusive_tests": counts["Inconclusive"],
+        "total_tests": counts.sum(axis=1),
+    })
+    out["positivity_rate"] = _rate(out["positive_tests"], out["total_tests"])
+    return _typed(out.rename_axis("state").reset_index(), STATE_RESULTS_DTYPES)
+
+
+def build_smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
+    """National daily results per outcome with 7-day trailing means and positivity.
+
+    Every calendar day from the first to the last date gets a row (zero counts when nothing
+    was reported), so the rolling window is 7 calendar days, not 7 reporting days; the
+    first 6 days have no full window and get NaN.
+    """
+    daily = base.groupby(["date", "overall_outcome"])["new_results_reported"].sum()
+    dates = base["date"].dropna()
+    calendar = pd.date_range(dates.min(), dates.max()).date if len(dates) else []
+    daily = (
+        daily.unstack("overall_outcome")
+        .reindex(index=pd.Index(pd.array(calendar, dtype=DATE), name="date"), columns=OUTCOMES)
+        .fillna(0)
+        .astype("int64")
+    )
+    week = daily.rolling(7, min_periods=7).sum().astype(COUNT)  # exact: integer-valued floats
+    out = daily.set_axis(["positive_tests", "negative_tests", "inconclusive_tests"], axis=1)
+    for outcome in OUTCOMES:
+        out[f"smoothed_{outcome.lower()}_tests"] = _rate(week[outcome], 7, scale=1)
+    out["smoothed_positivity_rate"] = _rate(week["Positive"], week.sum(axis=1, skipna=False))
+    return _typed(out.reset_index(), SMOOTHED_RESULTS_DTYPES)
+
+
+def build_total_results(base: pd.DataFrame) -> pd.DataFrame:
+    """Latest cumulative results per state and outcome, and the state's latest date.
+
+    Each outcome's cumulative total comes from its most recent row with a non-NA total, so a
+    state whose last rows lack totals still reports its last known figure.
+    """
+    latest = _latest_rows(base)
+    totals = _by_outcome(base, "total_results_reported", "last", latest.index)  # last skips NA
+    out = pd.DataFrame({
+        "state_name": latest["state_name"],
+        "latest_date": latest["date"],
+        "positive_total": totals["Positive"],
+        "negative_total": totals["Negative"],
+        "inconclusive_total": totals["Inconclusive"],
+        "total_results_reported": totals.sum(axis=1),
+    })
+    return _typed(out.rename_axis("state").reset_index(), TOTAL_RESULTS_DTYPES)
+
+
+def build_recent_positivity_results(
+    base: pd.DataFrame, top_n: int = 10, window_days: int = 30
+) -> pd.DataFrame:
+    """The top_n jurisdictions by positivity over the last window_days days of the data.
+
+    The window ends on the latest date in the data (not today), so a stale snapshot still
+    ranks its own last month; states with no results in it are left out. Ordering is by the
+    published (rounded) rate descending, then state code, so ranks are distinct and stable.
+    """
+    if top_n < 1 or window_days < 1:
+        raise ValueError(f"top_n and window_days must be >= 1, got {top_n=} and {window_days=}")
+    window = base.iloc[:0]
+    if base["date"].notna().any():
+        end = base["date"].max()
+        window = base[(base["date"] > end - timedelta(days=window_days)) & (base["date"] <= end)]
+    states = build_state_results(window)
+    states = states[states["total_tests"] != 0]
+    out = states.sort_values(["positivity_rate", "state"], ascending=[False, True]).head(top_n)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return _typed(out, RECENT_POSITIVITY_RESULTS_DTYPES)

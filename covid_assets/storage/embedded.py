@@ -1,0 +1,90 @@
+"""The zero-setup warehouse: a Postgres server started from the `pgserver` wheel.
+
+When `COVID_DB_URL` is unset, every process of a run (and `dagster dev`) calls
+`warehouse_url()`; the first one starts the server, the others find it running in the
+same data directory and reuse it. The server outlives the process so that the next run,
+`dagster dev` and psql all see the same tables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import errors, sql
+
+DATABASE_URL_ENV = "COVID_DB_URL"
+DATA_DIR_ENV = "COVID_PGDATA"
+DEFAULT_DATA_DIR = Path.home() / ".covid_assets" / "pgdata"
+WAREHOUSE_DATABASE = "covid"
+
+
+def embedded_data_dir() -> Path:
+    """Where the embedded server keeps its files (`COVID_PGDATA`, else ~/.covid_assets/pgdata)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser().resolve()
+
+
+def start_embedded_postgres(data_dir: Path | None = None, database: str = WAREHOUSE_DATABASE) -> str:
+    """Start (or reuse) the embedded server and return a libpq URL for `database`."""
+    import pgserver  # imported lazily: deployments with COVID_DB_URL never need it
+
+    data_dir = data_dir or embedded_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    _create_database_if_missing(server.get_uri(), database)
+    return server.get_uri(database)
+
+
+def warehouse_url() -> str:
+    """The warehouse to use: `COVID_DB_URL` when set, else the embedded server."""
+    return os.environ.get(DATABASE_URL_ENV) or start_embedded_postgres()
+
+
+def _create_database_if_missing(admin_url: str, database: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if exists:
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except errors.DuplicateDatabase:
+            pass  # another process of the same run created it first
+
+
+def stop_embedded_postgres(data_dir: Path | None = None, timeout_s: float = 30.0) -> bool:
+    """Fast-shutdown the server of `data_dir`; False when none was running."""
+    pid_file = (data_dir or embedded_data_dir()) / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, signal.SIGINT)  # SIGINT = Postgres "fast" shutdown
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """`python -m covid_assets.storage.embedded [url|stop|dir]`: for psql and for tidying up."""
+    command = argv[0] if argv else "url"
+    if command == "url":
+        print(warehouse_url())
+    elif command == "stop":
+        print("stopped" if stop_embedded_postgres() else "not running")
+    elif command == "dir":
+        print(embedded_data_dir())
+    else:
+        print(f"unknown command {command!r}; use url, stop or dir", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

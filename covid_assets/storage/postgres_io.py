@@ -1,0 +1,249 @@
+"""Postgres IO manager for pandas DataFrames, in the shape of dagster-duckdb-pandas.
+
+Three small pieces plug into Dagster's `DbIOManager` (which maps an asset key
+`[schema, table]` to a table and handles column selection):
+
+* `PostgresClient` opens one ADBC connection per write and runs the whole replace in
+  one transaction, so readers see the old rows until the commit, then the new ones.
+* `PandasArrowTypeHandler` converts a DataFrame to Arrow, keeps the table's DDL in step
+  with it, and bulk-loads with ADBC's `adbc_ingest` (binary COPY underneath).
+* `PostgresPandasIOManager` is the configurable resource users wire into `Definitions`.
+
+Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+
+import adbc_driver_postgresql.dbapi as adbc
+import pandas as pd
+import pyarrow as pa
+from dagster import (
+    ConfigurableIOManagerFactory,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    TableColumn,
+    TableSchema,
+)
+from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
+from psycopg import sql
+from pydantic import Field
+
+from covid_assets.storage.embedded import start_embedded_postgres
+
+PRIMARY_KEY_METADATA = "primary_key"
+PREVIEW_ROWS = 10
+
+# Arrow type -> (Postgres type, the Arrow type ADBC must be handed for that column).
+_POSTGRES_TYPES: tuple[tuple[object, str, pa.DataType | None], ...] = (
+    (pa.types.is_boolean, "BOOLEAN", pa.bool_()),
+    (pa.types.is_integer, "BIGINT", pa.int64()),
+    (pa.types.is_floating, "DOUBLE PRECISION", pa.float64()),
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t), "TEXT", pa.string()),
+    (pa.types.is_date, "DATE", pa.date32()),
+    (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    (pa.types.is_timestamp, "TIMESTAMP", pa.timestamp("us")),
+)
+
+# Arrow type read back from Postgres -> pandas dtype, so a round trip keeps the dtypes:
+# Int64 stays Int64 (NULL -> <NA>), text stays "string", dates stay dates.
+_PANDAS_DTYPES: dict[pa.DataType, object] = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.string(): pd.StringDtype(),
+    pa.large_string(): pd.StringDtype(),
+    pa.bool_(): pd.BooleanDtype(),
+    pa.date32(): pd.ArrowDtype(pa.date32()),
+}
+
+
+def libpq_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as plain libpq ones."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+
+
+@lru_cache(maxsize=None)
+def _embedded_url() -> str:
+    return start_embedded_postgres()
+
+
+def resolve_database_url(configured: str | None) -> str:
+    """The configured warehouse URL, or the embedded server's when none is configured."""
+    return libpq_url(configured) if configured else _embedded_url()
+
+
+def qualified_name(table_slice: TableSlice) -> sql.Identifier:
+    return sql.Identifier(table_slice.schema, table_slice.table)
+
+
+def select_statement(table_slice: TableSlice) -> sql.Composed:
+    columns = (
+        sql.SQL(", ").join(map(sql.Identifier, table_slice.columns))
+        if table_slice.columns
+        else sql.SQL("*")
+    )
+    return sql.SQL("SELECT {} FROM {}").format(columns, qualified_name(table_slice))
+
+
+class PostgresClient(DbClient):
+    """Connections and table-level statements; one transaction per `connect`."""
+
+    @staticmethod
+    @contextmanager
+    def connect(context: OutputContext | InputContext, table_slice: TableSlice) -> Iterator[adbc.Connection]:
+        url = resolve_database_url(context.resource_config.get("database_url"))
+        with adbc.connect(url) as connection:
+            try:
+                yield connection
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+
+    @staticmethod
+    def ensure_schema_exists(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
+        _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_slice.schema)))
+
+    @staticmethod
+    def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
+        """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit."""
+        if _table_exists(connection, table_slice):
+            _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)))
+
+    @staticmethod
+    def get_select_statement(table_slice: TableSlice) -> str:
+        return select_statement(table_slice).as_string()
+
+    @staticmethod
+    def get_table_name(table_slice: TableSlice) -> str:
+        return f"{table_slice.schema}.{table_slice.table}"
+
+
+class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
+    """Stores and loads DataFrames through Arrow, so neither direction goes row by row."""
+
+    @property
+    def supported_types(self) -> Sequence[type[object]]:
+        return [pd.DataFrame]
+
+    def handle_output(
+        self, context: OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection: adbc.Connection
+    ) -> Mapping[str, object]:
+        table, column_types = to_postgres_arrow(obj)
+        primary_key = list((context.definition_metadata or {}).get(PRIMARY_KEY_METADATA) or [])
+        _sync_table_definition(connection, table_slice, column_types, primary_key)
+        with connection.cursor() as cursor:
+            cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
+        return table_metadata(obj, column_types)
+
+    def load_input(self, context: InputContext, table_slice: TableSlice, connection: adbc.Connection) -> pd.DataFrame:
+        return read_frame(connection, table_slice)
+
+
+def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
+    with connection.cursor() as cursor:
+        cursor.execute(select_statement(table_slice).as_string())
+        table = cursor.fetch_arrow_table()
+    return table.to_pandas(types_mapper=_PANDAS_DTYPES.get)
+
+
+def to_postgres_arrow(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, str]]:
+    """Convert to Arrow with one canonical Arrow type per Postgres type (NaN/NA -> NULL)."""
+    if frame.columns.duplicated().any():
+        raise ValueError(f"duplicate column names: {sorted(set(frame.columns[frame.columns.duplicated()]))}")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    column_types: dict[str, str] = {}
+    for index, field in enumerate(table.schema):
+        postgres_type, arrow_type = _postgres_type(field)
+        column_types[field.name] = postgres_type
+        if field.type != arrow_type:
+            table = table.set_column(index, field.name, table.column(index).cast(arrow_type))
+    return table.replace_schema_metadata(None), column_types
+
+
+def _postgres_type(field: pa.Field) -> tuple[str, pa.DataType]:
+    for matches, postgres_type, arrow_type in _POSTGRES_TYPES:
+        if matches(field.type):
+            return postgres_type, arrow_type
+    raise TypeError(f"column {field.name!r} has type {field.type}, which has no Postgres mapping")
+
+
+def table_metadata(frame: pd.DataFrame, column_types: Mapping[str, str]) -> dict[str, object]:
+    schema = TableSchema(columns=[TableColumn(name, postgres_type) for name, postgres_type in column_types.items()])
+    return {
+        "dagster/row_count": len(frame),
+        "dagster/column_schema": schema,
+        "preview": MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False)),
+    }
+
+
+def _sync_table_definition(
+    connection: adbc.Connection, table_slice: TableSlice, column_types: Mapping[str, str], primary_key: list[str]
+) -> None:
+    """Rebuild the table (inside the caller's transaction) only when its shape changed."""
+    if missing := [column for column in primary_key if column not in column_types]:
+        raise ValueError(f"primary key columns {missing} are not in the frame for {table_slice.schema}.{table_slice.table}")
+    if _current_definition(connection, table_slice) == (dict(column_types), primary_key):
+        return
+    name = qualified_name(table_slice)
+    columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]
+    if primary_key:
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
+    _execute(connection, sql.SQL("DROP TABLE IF EXISTS {}").format(name))
+    _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
+
+
+_DEFINITION_QUERY = """
+SELECT a.attname, upper(format_type(a.atttypid, a.atttypmod)),
+       coalesce(a.attnum = ANY (i.indkey), false), array_position(i.indkey::int2[], a.attnum)
+FROM pg_attribute a
+LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_TYPE_ALIASES = {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ", "TIMESTAMP WITHOUT TIME ZONE": "TIMESTAMP"}
+
+
+def _current_definition(connection: adbc.Connection, table_slice: TableSlice) -> tuple[dict[str, str], list[str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_DEFINITION_QUERY, (qualified_name(table_slice).as_string(),))
+        rows = cursor.fetchall()
+    columns = {name: _TYPE_ALIASES.get(pg_type, pg_type) for name, pg_type, _, _ in rows}
+    primary_key = [name for name, _, in_key, position in sorted(rows, key=lambda row: row[3] or 0) if in_key]
+    return columns, primary_key
+
+
+def _table_exists(connection: adbc.Connection, table_slice: TableSlice) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass($1) IS NOT NULL", (qualified_name(table_slice).as_string(),))
+        return bool(cursor.fetchone()[0])
+
+
+def _execute(connection: adbc.Connection, statement: sql.Composable) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string())
+
+
+class PostgresPandasIOManager(ConfigurableIOManagerFactory):
+    """Stores each asset as the Postgres table `<key prefix>.<asset name>`.
+
+    Leave `database_url` empty to use the embedded Postgres (see `storage/embedded.py`).
+    Declare a primary key with asset metadata `{"primary_key": ["col", ...]}`; load a subset
+    of columns with `AssetIn(metadata={"columns": [...]})`.
+    """
+
+    database_url: str = Field(default="", description="libpq URL of the warehouse; empty = embedded Postgres.")
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(
+            type_handlers=[PandasArrowTypeHandler()],
+            db_client=PostgresClient(),
+            database="",
+            io_manager_name="PostgresPandasIOManager",
+            default_load_type=pd.DataFrame,
+        )

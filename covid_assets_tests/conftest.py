@@ -1,0 +1,48 @@
+"""A real Postgres for every test of the data path: the embedded server, or `COVID_TEST_DB_URL`."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from covid_assets.storage.postgres_io import libpq_url
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL: the server named by COVID_TEST_DB_URL, or a throwaway embedded one."""
+    if url := os.environ.get("COVID_TEST_DB_URL"):
+        yield libpq_url(url)
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+def warehouse_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database per test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _with_database(postgres_server_url, name)
+    yield url
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _with_database(url: str, database: str) -> str:
+    """Swap the database name in a libpq URL (keeping ?host=... and other parameters)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)
