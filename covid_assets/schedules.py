@@ -1,0 +1,29 @@
+"""The daily full refresh: every asset, in dependency order, on a cron that deployments can change."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+
+DEFAULT_CRON = "0 6 * * *"
+DEFAULT_TIMEZONE = "UTC"
+
+refresh_warehouse_job = define_asset_job(
+    name="refresh_warehouse",
+    selection=AssetSelection.all(),
+    description="Full refresh: fetch the whole dataset, rebuild the base table and the five summaries.",
+)
+
+
+def daily_refresh_schedule() -> ScheduleDefinition:
+    """On by default so a new deployment refreshes without a click (`COVID_SCHEDULE_ENABLED=false` to opt out)."""
+    enabled = os.getenv("COVID_SCHEDULE_ENABLED", "true").strip().lower() not in {"0", "false", "no", "off"}
+    return ScheduleDefinition(
+        name="daily_refresh",
+        job=refresh_warehouse_job,
+        cron_schedule=os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
+        execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
+        default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
+        description="Refreshes every table once a day; the source has no updated-at column, so each run is a full refresh.",
+    )

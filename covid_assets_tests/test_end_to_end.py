@@ -1,0 +1,258 @@
+"""All seven assets on the real snapshot, in a real Postgres, checked against independent SQL."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import materialize
+
+from covid_assets.definitions import defs
+from covid_assets.sources.socrata import SocrataSource
+from covid_assets.storage.postgres_io import PostgresPandasIOManager
+
+SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
+SNAPSHOT_ROWS = 57_459
+TABLES = [
+    "covid_19_raw.raw_covid_test_results",
+    "covid_19.covid_test_results",
+    "covid_19.outcome_results",
+    "covid_19.state_results",
+    "covid_19.smoothed_results",
+    "covid_19.total_results",
+    "covid_19.recent_positivity_results",
+]
+
+
+def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = True):
+    return materialize(
+        list(defs.assets),
+        resources={"io_manager": PostgresPandasIOManager(database_url=url), "socrata": socrata},
+        raise_on_error=raise_on_error,
+    )
+
+
+def rows(url: str, statement: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement).fetchall()
+
+
+def same_rows(actual: list[tuple], expected: list[tuple]) -> bool:
+    """Equal row by row; floats equal to 1e-9 (both sides are already rounded to 2 decimals)."""
+
+    def same(a: object, b: object) -> bool:
+        if isinstance(a, float) or isinstance(b, float):
+            if a is None or b is None:
+                return a is b
+            return math.isclose(float(a), float(b), abs_tol=1e-9)
+        return a == b
+
+    return len(actual) == len(expected) and all(
+        len(x) == len(y) and all(same(a, b) for a, b in zip(x, y)) for x, y in zip(actual, expected)
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded_warehouse(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """One materialization of all seven assets from the bundled snapshot, shared by the checks below."""
+    from covid_assets_tests.conftest import _with_database
+
+    name = "e2e_snapshot"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    url = _with_database(postgres_server_url, name)
+    result = materialize_all(url, SocrataSource(source_file=str(SNAPSHOT)))
+    assert result.success
+    return url, result
+
+
+def test_every_table_is_loaded(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    counts = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
+    assert counts["covid_19_raw.raw_covid_test_results"] == SNAPSHOT_ROWS
+    assert counts["covid_19.covid_test_results"] == SNAPSHOT_ROWS
+    assert counts["covid_19.outcome_results"] == 3
+    assert counts["covid_19.state_results"] == 56
+    assert counts["covid_19.smoothed_results"] == 364  # 2020-03-01 .. 2021-02-27
+    assert counts["covid_19.total_results"] == 56
+    assert counts["covid_19.recent_positivity_results"] == 10
+
+
+def test_base_table_has_its_primary_key_and_types(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    key = rows(
+        url,
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = 'covid_19.covid_test_results'::regclass "
+        "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+    )
+    assert key == [("state",), ("overall_outcome",), ("date",)]
+    assert rows(url, "SELECT state_fips, date FROM covid_19.covid_test_results WHERE state = 'AL' ORDER BY date LIMIT 1")[0][0] == "01"
+    assert rows(url, "SELECT min(new_results_reported) FROM covid_19.covid_test_results WHERE state = 'WY'")[0][0] < 0
+
+
+def test_raw_table_keeps_the_strings_as_delivered(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    with gzip.open(SNAPSHOT, "rt") as snapshot:
+        header, first = snapshot.readline().strip().split(","), snapshot.readline().strip().split(",")
+    columns = ", ".join(header)
+    assert list(rows(url, f"SELECT {columns} FROM covid_19_raw.raw_covid_test_results LIMIT 1")[0]) == first
+    assert rows(url, "SELECT count(DISTINCT fetched_at) FROM covid_19_raw.raw_covid_test_results") == [(1,)]
+
+
+def test_outcome_results_match_sql(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    expected = rows(
+        url,
+        """SELECT overall_outcome, sum(new_results_reported)::bigint AS total,
+                  round(100 * sum(new_results_reported)::numeric / sum(sum(new_results_reported)) OVER (), 2)::float8
+           FROM covid_19.covid_test_results GROUP BY 1 ORDER BY total DESC, 1""",
+    )
+    assert same_rows(rows(url, "SELECT * FROM covid_19.outcome_results"), expected)
+
+
+def test_state_results_match_sql(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    expected = rows(
+        url,
+        """WITH s AS (
+             SELECT state,
+                    coalesce(sum(new_results_reported) FILTER (WHERE overall_outcome = 'Positive'), 0) AS p,
+                    coalesce(sum(new_results_reported) FILTER (WHERE overall_outcome = 'Negative'), 0) AS n,
+                    coalesce(sum(new_results_reported) FILTER (WHERE overall_outcome = 'Inconclusive'), 0) AS i
+             FROM covid_19.covid_test_results GROUP BY state)
+           SELECT s.state, (SELECT state_name FROM covid_19.covid_test_results b WHERE b.state = s.state
+                            ORDER BY date DESC, overall_outcome DESC LIMIT 1),
+                  p::bigint, n::bigint, i::bigint, (p + n + i)::bigint,
+                  round(100 * p::numeric / nullif(p + n + i, 0), 2)::float8
+           FROM s ORDER BY s.state""",
+    )
+    assert same_rows(rows(url, "SELECT * FROM covid_19.state_results"), expected)
+
+
+def test_smoothed_results_match_sql(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    expected = rows(
+        url,
+        """WITH days AS (
+             SELECT d::date AS date FROM generate_series(
+               (SELECT min(date) FROM covid_19.covid_test_results),
+               (SELECT max(date) FROM covid_19.covid_test_results), interval '1 day') d),
+           daily AS (
+             SELECT days.date,
+                    coalesce(sum(b.new_results_reported) FILTER (WHERE b.overall_outcome = 'Positive'), 0) AS p,
+                    coalesce(sum(b.new_results_reported) FILTER (WHERE b.overall_outcome = 'Negative'), 0) AS n,
+                    coalesce(sum(b.new_results_reported) FILTER (WHERE b.overall_outcome = 'Inconclusive'), 0) AS i
+             FROM days LEFT JOIN covid_19.covid_test_results b USING (date) GROUP BY days.date),
+           windowed AS (
+             SELECT *, row_number() OVER w AS n_days,
+                    sum(p) OVER w AS p7, sum(n) OVER w AS n7, sum(i) OVER w AS i7
+             FROM daily WINDOW w AS (ORDER BY date ROWS BETWEEN 6 PRECEDING AND CURRENT ROW))
+           SELECT date, p::bigint, n::bigint, i::bigint,
+                  CASE WHEN n_days >= 7 THEN round(p7::numeric / 7, 2)::float8 END,
+                  CASE WHEN n_days >= 7 THEN round(n7::numeric / 7, 2)::float8 END,
+                  CASE WHEN n_days >= 7 THEN round(i7::numeric / 7, 2)::float8 END,
+                  CASE WHEN n_days >= 7 THEN round(100 * p7::numeric / nullif(p7 + n7 + i7, 0), 2)::float8 END
+           FROM windowed ORDER BY date""",
+    )
+    actual = rows(url, "SELECT * FROM covid_19.smoothed_results")
+    assert same_rows(actual, expected)
+    assert all(value is None for row in actual[:6] for value in row[4:])
+
+
+def test_total_results_match_sql(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    expected = rows(
+        url,
+        """WITH latest AS (
+             SELECT DISTINCT ON (state, overall_outcome) state, overall_outcome, total_results_reported AS t
+             FROM covid_19.covid_test_results WHERE total_results_reported IS NOT NULL
+             ORDER BY state, overall_outcome, date DESC),
+           states AS (
+             SELECT DISTINCT ON (state) state, state_name, max(date) OVER (PARTITION BY state) AS latest_date
+             FROM covid_19.covid_test_results ORDER BY state, date DESC, overall_outcome DESC)
+           SELECT s.state, s.state_name, s.latest_date,
+                  coalesce(max(t) FILTER (WHERE overall_outcome = 'Positive'), 0),
+                  coalesce(max(t) FILTER (WHERE overall_outcome = 'Negative'), 0),
+                  coalesce(max(t) FILTER (WHERE overall_outcome = 'Inconclusive'), 0),
+                  coalesce(sum(t), 0)::bigint
+           FROM states s LEFT JOIN latest l USING (state)
+           GROUP BY s.state, s.state_name, s.latest_date ORDER BY s.state""",
+    )
+    assert same_rows(rows(url, "SELECT * FROM covid_19.total_results"), expected)
+
+
+def test_recent_positivity_results_match_sql(loaded_warehouse) -> None:
+    url, _ = loaded_warehouse
+    expected = rows(
+        url,
+        """WITH w AS (
+             SELECT state,
+                    coalesce(sum(new_results_reported) FILTER (WHERE overall_outcome = 'Positive'), 0) AS p,
+                    coalesce(sum(new_results_reported), 0) AS t
+             FROM covid_19.covid_test_results
+             WHERE date > (SELECT max(date) FROM covid_19.covid_test_results) - 30
+             GROUP BY state),
+           r AS (SELECT state, p, t, round(100 * p::numeric / t, 2)::float8 AS rate FROM w WHERE t <> 0)
+           SELECT row_number() OVER (ORDER BY rate DESC, r.state)::bigint, r.state,
+                  (SELECT state_name FROM covid_19.covid_test_results b WHERE b.state = r.state
+                   ORDER BY date DESC, overall_outcome DESC LIMIT 1),
+                  p::bigint, t::bigint, rate
+           FROM r ORDER BY rate DESC, r.state LIMIT 10""",
+    )
+    assert same_rows(rows(url, "SELECT * FROM covid_19.recent_positivity_results"), expected)
+
+
+def test_materialization_metadata(loaded_warehouse) -> None:
+    _, result = loaded_warehouse
+    by_table = {
+        ".".join(event.asset_key.path): event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    assert set(by_table) == set(TABLES)
+    for table, metadata in by_table.items():
+        assert metadata["dagster/row_count"].value > 0, table
+        assert metadata["dagster/table_name"].value == table
+        assert metadata["dagster/column_schema"].value.columns, table
+        assert "|" in metadata["preview"].value, table
+    raw = by_table["covid_19_raw.raw_covid_test_results"]
+    assert raw["fetch_bytes"].value == SNAPSHOT.stat().st_size
+    assert by_table["covid_19.covid_test_results"]["duplicates_dropped"].value == 0
+
+
+def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tmp_path: Path) -> None:
+    url, _ = loaded_warehouse
+    before = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES[1:]}
+    broken = tmp_path / "broken.csv"
+    with gzip.open(SNAPSHOT, "rt") as snapshot:
+        lines = snapshot.read().splitlines()
+    lines[5] = lines[5].replace("2020-03-", "2020-13-", 1)
+    broken.write_text("\n".join(lines[:1000]) + "\n")
+    result = materialize_all(url, SocrataSource(source_file=str(broken)), raise_on_error=False)
+    assert not result.success
+    failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
+    assert "1 of 999 source rows cannot be typed (bad date: 1)" in str(failure.event_specific_data.error)
+    assert {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES[1:]} == before
+
+
+def test_the_cli_materializes_every_asset(warehouse_url: str) -> None:
+    """The README's main command, run as a user would (with the offline snapshot as source)."""
+    env = {**os.environ, "COVID_DB_URL": warehouse_url, "SOCRATA_SOURCE_FILE": str(SNAPSHOT)}
+    env.pop("DAGSTER_HOME", None)
+    completed = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "RUN_SUCCESS" in completed.stderr
+    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
