@@ -242,10 +242,14 @@ def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tm
     assert {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES[1:]} == before
 
 
-def test_the_cli_materializes_every_asset(warehouse_url: str) -> None:
-    """The README's main command, run as a user would (with the offline snapshot as source)."""
-    env = {**os.environ, "COVID_DB_URL": warehouse_url, "SOCRATA_SOURCE_FILE": str(SNAPSHOT)}
-    env.pop("DAGSTER_HOME", None)
+def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) -> None:
+    """The README's main command, run as `./dev run` runs it (with the offline snapshot as source)."""
+    env = {
+        **os.environ,
+        "COVID_DB_URL": warehouse_url,
+        "SOCRATA_SOURCE_FILE": str(SNAPSHOT),
+        "DAGSTER_HOME": str(tmp_path),
+    }
     completed = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"],
         env=env,

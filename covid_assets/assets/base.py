@@ -4,8 +4,6 @@ Rows that cannot be typed fail the run instead of vanishing: a full refresh that
 dropped rows would replace good history with a smaller table.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import pandas as pd

@@ -4,8 +4,6 @@ Keeping the untyped strings lets a bad night be diagnosed from the warehouse alo
 lets the base table be rebuilt without calling the API again.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import pandas as pd

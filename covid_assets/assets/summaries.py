@@ -4,8 +4,6 @@ Each asset is a thin wrapper: the arithmetic lives in `summary_frames.py` as pla
 functions, pinned by hand-computed tests.
 """
 
-from __future__ import annotations
-
 import pandas as pd
 from dagster import AssetIn, AssetKey, Config, asset
 
