@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -30,11 +31,13 @@ def embedded_data_dir() -> Path:
 
 def start_embedded_postgres(data_dir: Path | None = None, database: str = WAREHOUSE_DATABASE) -> str:
     """Start (or reuse) the embedded server and return a libpq URL for `database`."""
-    import pgserver  # imported lazily: deployments with COVID_DB_URL never need it
-
     data_dir = data_dir or embedded_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs complains when XDG_RUNTIME_DIR is unset; harmless
+        import pgserver  # imported lazily: deployments with COVID_DB_URL never need it
+
+        server = pgserver.get_server(data_dir, cleanup_mode=None)
     _create_database_if_missing(server.get_uri(), database)
     return server.get_uri(database)
 
