@@ -19,12 +19,12 @@ def _secret(name: str) -> EnvVar | None:
 
 def build_resources() -> dict[str, object]:
     socrata_settings = {
-        field: os.environ[variable]
-        for field, variable in {
-            "base_url": "SOCRATA_BASE_URL",
-            "dataset_id": "SOCRATA_DATASET_ID",
-            "page_size": "SOCRATA_PAGE_SIZE",
-            "source_file": "SOCRATA_SOURCE_FILE",
+        field: convert(os.environ[variable])
+        for field, (variable, convert) in {
+            "base_url": ("SOCRATA_BASE_URL", str),
+            "dataset_id": ("SOCRATA_DATASET_ID", str),
+            "page_size": ("SOCRATA_PAGE_SIZE", int),
+            "source_file": ("SOCRATA_SOURCE_FILE", str),
         }.items()
         if os.getenv(variable)
     }

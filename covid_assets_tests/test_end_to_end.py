@@ -16,6 +16,7 @@ from dagster import materialize
 from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import PostgresPandasIOManager
+from covid_assets_tests.fake_socrata import FakeSocrata, Fault
 
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 SNAPSHOT_ROWS = 57_459
@@ -259,4 +260,26 @@ def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) ->
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "RUN_SUCCESS" in completed.stderr
+    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
+
+
+def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str) -> None:
+    """The same snapshot served by a Socrata look-alike: 6 concurrent pages, a 429 and a 503 on the way."""
+    import pandas as pd
+
+    snapshot = pd.read_csv(SNAPSHOT, dtype=str, keep_default_na=False)
+    with FakeSocrata(snapshot.to_dict("records"), max_limit=50_000) as server:
+        server.faults.append(Fault.error(429, retry_after="0", where="page", offset=10_000))
+        server.faults.append(Fault.error(503, where="page", offset=40_000))
+        socrata = SocrataSource(base_url=server.base_url, page_size=10_000, backoff_factor=0.01)
+        result = materialize_all(warehouse_url, socrata)
+    raw = next(
+        event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.path[-1] == "raw_covid_test_results"
+    )
+    assert (raw["fetch_pages"].value, raw["fetch_retries"].value) == (6, 2)
+    assert rows(warehouse_url, "SELECT count(*), count(DISTINCT (state, overall_outcome, date)) FROM covid_19.covid_test_results") == [
+        (SNAPSHOT_ROWS, SNAPSHOT_ROWS)
+    ]
     assert rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]

@@ -1,0 +1,663 @@
+"""Tests for the Socrata client and export reader, against a real local HTTP server."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from covid_assets.sources.socrata import (
+    REQUIRED_COLUMNS,
+    Extract,
+    SocrataClient,
+    SocrataError,
+    SocrataSource,
+    read_export_file,
+)
+from covid_assets_tests.fake_socrata import FakeSocrata, Fault
+
+# "thread" so that a hang inside a worker thread still ends the run.
+pytestmark = pytest.mark.timeout(60, method="thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_JSON = ROOT / "covid_assets_tests" / "fixtures" / "soda_sample_j8mb-icvb_1000rows.json.gz"
+SNAPSHOT_CSV = ROOT / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
+TOKEN = "s3cr3t-App-T0ken-xyz"
+STATES = [("AL", "Alabama", "01", "Region 4"), ("AK", "Alaska", "02", "Region 10"), ("CA", "California", "06", "Region 9")]
+
+
+def make_rows(n: int) -> list[dict[str, Any]]:
+    """Distinct Socrata-like rows (every value a string, leading zeros in fips)."""
+    rows = []
+    for i in range(n):
+        state, name, fips, region = STATES[i % len(STATES)]
+        rows.append(
+            {
+                "state": state,
+                "state_name": name,
+                "state_fips": fips,
+                "fema_region": region,
+                "overall_outcome": ("Negative", "Positive", "Inconclusive")[i % 3],
+                "date": f"2020-{3 + i // 28 % 9:02d}-{1 + i % 28:02d}T00:00:00.000",
+                "new_results_reported": str(i % 97),
+                "total_results_reported": str(i),
+            }
+        )
+    return rows
+
+
+def make_client(server: FakeSocrata, **kw: Any) -> SocrataClient:
+    """A client with tiny timeouts and backoff so failure tests stay fast."""
+    options: dict[str, Any] = dict(
+        base_url=server.base_url,
+        page_size=100,
+        max_workers=4,
+        connect_timeout_s=1.0,
+        read_timeout_s=2.0,
+        max_retries=3,
+        backoff_factor=0.001,
+        backoff_max_s=0.05,
+    )
+    options.update(kw)
+    return SocrataClient(**options)
+
+
+def records(extract: Extract) -> list[dict[str, Any]]:
+    """Frame rows as dicts, leaving out missing values (as Socrata leaves out null fields)."""
+    return [{k: v for k, v in row.items() if v is not pd.NA} for row in extract.frame.to_dict("records")]
+
+
+def assert_all_string(frame: pd.DataFrame) -> None:
+    for name, dtype in frame.dtypes.items():
+        assert isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA, (name, dtype)
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    return make_rows(450)
+
+
+@pytest.fixture
+def server(rows: list[dict[str, Any]]):
+    with FakeSocrata(rows) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def sample_rows() -> list[dict[str, Any]]:
+    with gzip.open(SAMPLE_JSON, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# ---------------------------------------------------------------------------------------
+# Paging
+# ---------------------------------------------------------------------------------------
+def test_full_fetch_pages_concurrently_in_order(rows: list[dict[str, Any]]) -> None:
+    with FakeSocrata(rows, latency_s=0.05) as server:
+        extract = make_client(server, page_size=100, max_workers=4).fetch_all()
+
+    assert records(extract) == rows  # every row exactly once, in :id order
+    assert list(extract.frame.columns) == list(REQUIRED_COLUMNS)
+    assert isinstance(extract.frame.index, pd.RangeIndex)
+    assert_all_string(extract.frame)
+
+    first, *pages = server.requests
+    assert first.params == {"$select": "count(*)"}
+    assert all(p.params["$order"] == ":id" for p in pages)
+    assert sorted(int(p.params["$offset"]) for p in pages) == [0, 100, 200, 300, 400]
+    assert {p.params["$limit"] for p in pages} == {"100"}
+    assert server.max_inflight >= 2, "pages were not fetched concurrently"
+    assert extract.stats.rows == 450
+    assert extract.stats.pages == 5
+    assert extract.stats.requests == 6
+    assert extract.stats.retries == 0
+    assert extract.stats.bytes > 0
+    assert extract.source == f"{server.base_url}/resource/j8mb-icvb.json"
+
+
+def test_server_caps_limit_below_page_size(rows: list[dict[str, Any]]) -> None:
+    # Server returns at most 70 rows whatever $limit says: the client must not
+    # mistake a capped page for the end, nor leave gaps between its chunks.
+    with FakeSocrata(rows, max_limit=70) as server:
+        extract = make_client(server, page_size=200).fetch_all()
+    assert records(extract) == rows
+    offsets = sorted(int(p.params["$offset"]) for p in server.page_requests())
+    assert offsets == [0, 70, 140, 200, 270, 340, 400]
+
+
+def test_count_exact_multiple_checks_for_more(rows: list[dict[str, Any]]) -> None:
+    with FakeSocrata(rows[:400]) as server:
+        extract = make_client(server, page_size=100).fetch_all()
+    assert records(extract) == rows[:400]
+    # four full chunks, then one page past the count to see whether rows were added
+    assert sorted(int(p.params["$offset"]) for p in server.page_requests()) == [0, 100, 200, 300, 400]
+
+
+def test_rows_added_after_count_are_fetched(rows: list[dict[str, Any]]) -> None:
+    extra = make_rows(430)[400:]
+    with FakeSocrata(rows[:400]) as server:
+        added = []
+
+        def grow(target: str, params: dict[str, str]) -> None:
+            if target == "page" and not added:
+                added.append(True)
+                server.extend_rows(extra)
+
+        server.on_request = grow
+        extract = make_client(server, page_size=100).fetch_all()
+    assert records(extract) == rows[:400] + extra
+
+
+def test_dataset_shrinking_mid_fetch_is_an_error(rows: list[dict[str, Any]]) -> None:
+    with FakeSocrata(rows) as server:
+        server.on_request = lambda target, params: server.truncate_rows(300) if target == "page" else None
+        with pytest.raises(SocrataError, match=r"returned 300 rows but count\(\*\) reported 450"):
+            make_client(server, page_size=100, max_workers=1).fetch_all()
+
+
+@pytest.mark.parametrize("max_limit", [50_000, 70])
+def test_count_failure_falls_back_to_sequential_paging(rows: list[dict[str, Any]], max_limit: int) -> None:
+    with FakeSocrata(rows, max_limit=max_limit) as server:
+        server.faults.append(Fault.error(400, message="count not allowed", where="count"))
+        seen: list[tuple[int, int | None]] = []
+        extract = make_client(server, page_size=100).fetch_all(progress=lambda n, total: seen.append((n, total)))
+    assert records(extract) == rows
+    assert all(total is None for _, total in seen)
+    offsets = [int(p.params["$offset"]) for p in server.page_requests()]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    if max_limit == 70:
+        assert offsets == [0, 70, 140, 210, 280, 350, 420]
+    else:
+        assert offsets == [0, 100, 200, 300, 400, 450]  # short page at 400, empty page confirms
+
+
+def test_count_returning_html_falls_back(rows: list[dict[str, Any]], server: FakeSocrata) -> None:
+    server.faults.append(Fault.html(where="count"))
+    assert records(make_client(server).fetch_all()) == rows
+
+
+def test_progress_reports_increasing_counts(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    calls: list[tuple[int, int | None]] = []
+    make_client(server, page_size=100).fetch_all(progress=lambda n, total: calls.append((n, total)))
+    counts = [n for n, _ in calls]
+    assert len(calls) == 5
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert calls[-1] == (len(rows), len(rows))
+    assert {total for _, total in calls} == {len(rows)}
+
+
+# ---------------------------------------------------------------------------------------
+# Retries
+# ---------------------------------------------------------------------------------------
+def test_429_with_retry_after_is_honoured(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    server.faults.append(Fault.error(429, message="Too many requests", retry_after="1", where="page", offset=100))
+    started = time.monotonic()
+    extract = make_client(server, backoff_max_s=5.0).fetch_all()
+    assert time.monotonic() - started >= 0.9  # waited as told, not the 1 ms backoff
+    assert records(extract) == rows
+    assert extract.stats.retries == 1
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 2
+
+
+def test_huge_retry_after_is_capped_by_backoff_max(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    server.faults.append(Fault.error(429, retry_after="20", where="page", offset=0))
+    started = time.monotonic()
+    extract = make_client(server, backoff_max_s=0.1).fetch_all()
+    assert time.monotonic() - started < 5
+    assert records(extract) == rows and extract.stats.retries == 1
+
+
+def test_5xx_burst_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    for status in (500, 502, 503):
+        server.faults.append(Fault.error(status, where="page", offset=200))
+    server.faults.append(Fault.error(504, where="count"))
+    server.faults.append(Fault.error(202, body="", where="page", offset=0))
+    server.faults.append(Fault.error(429, where="page", offset=400))  # throttled without Retry-After
+    extract = make_client(server).fetch_all()
+    assert records(extract) == rows
+    assert extract.stats.retries == 6
+    assert extract.stats.requests == 6  # logical requests; retries counted separately
+
+
+def test_connection_reset_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    server.faults.append(Fault.reset(where="page", offset=100))
+    server.faults.append(Fault.reset(where="count"))
+    extract = make_client(server).fetch_all()
+    assert records(extract) == rows
+    assert extract.stats.retries == 2
+
+
+def test_read_timeout_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    server.faults.append(Fault.sleep(1.5, where="page", offset=300))
+    started = time.monotonic()
+    extract = make_client(server, read_timeout_s=0.3).fetch_all()
+    assert records(extract) == rows
+    assert extract.stats.retries == 1
+    assert time.monotonic() - started < 1.4  # gave up on the slow attempt instead of waiting it out
+
+
+def test_server_that_never_recovers_fails_after_configured_attempts(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(503, message="Service Unavailable", times=1000))
+    started = time.monotonic()
+    with pytest.raises(SocrataError) as info:
+        make_client(server, max_retries=3).fetch_all()
+    assert time.monotonic() - started < 5
+    assert len(server.requests) == 4  # 1 + 3 retries of the count query, then give up (no fallback)
+    message = str(info.value)
+    assert "503" in message and "4 attempts" in message
+    assert f"{server.base_url}/resource/j8mb-icvb.json?$select=count(*)" in message
+    assert "Service Unavailable" in message
+    assert info.value.transient and info.value.status == 503
+
+
+def test_202_forever_says_still_processing(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(202, body="", where="page", times=1000))
+    with pytest.raises(SocrataError, match="still being processed"):
+        make_client(server, max_retries=2, max_workers=1).fetch_all()
+
+
+def test_connection_resets_forever_fail_with_attempts(server: FakeSocrata) -> None:
+    server.faults.append(Fault.reset(times=1000))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, max_retries=2).fetch_all()
+    assert len(server.requests) == 3
+    message = str(info.value)
+    assert "3 attempt(s)" in message and "$select=count(*)" in message
+    assert "Connection" in message or "connection" in message
+
+
+def test_unreachable_server_fails_with_cause() -> None:
+    server = FakeSocrata([]).start()
+    base_url = server.base_url
+    server.stop()  # nothing listens on that port any more
+    client = SocrataClient(base_url=base_url, max_retries=1, backoff_factor=0.001, connect_timeout_s=0.5)
+    with pytest.raises(SocrataError, match=r"failed after 2 attempt\(s\).*(refused|NewConnectionError)"):
+        client.fetch_all()
+
+
+def test_failed_page_stops_the_fetch_without_waiting_for_others(rows: list[dict[str, Any]]) -> None:
+    with FakeSocrata(rows) as server:
+        server.faults.append(Fault.sleep(3.0, where="page", offset=0))
+        server.faults.append(Fault.error(400, message="bad page", where="page", offset=100))
+        started = time.monotonic()
+        with pytest.raises(SocrataError, match="bad page"):
+            make_client(server, page_size=50, max_workers=2, read_timeout_s=10).fetch_all()
+        assert time.monotonic() - started < 2.5  # did not wait for the slow page
+        time.sleep(0.2)
+        assert len(server.page_requests()) < 9  # the remaining chunks were never requested
+
+
+def test_reset_mid_body_is_an_error_not_a_short_page(server: FakeSocrata) -> None:
+    server.faults.append(Fault.reset_mid_body(where="page", offset=100))
+    with pytest.raises(SocrataError, match=r"offset=100"):
+        make_client(server, max_workers=1).fetch_all()
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP errors and bad bodies
+# ---------------------------------------------------------------------------------------
+def test_404_unknown_dataset_is_not_retried(server: FakeSocrata) -> None:
+    client = make_client(server, dataset_id="zzzz-0000")
+    with pytest.raises(SocrataError) as info:
+        client.fetch_all()
+    message = str(info.value)
+    assert "404" in message
+    assert f"{server.base_url}/resource/zzzz-0000.json?$order=:id&$limit=100&$offset=0" in message
+    assert "not_found: Not found: /resource/zzzz-0000.json" in message
+    assert len(server.requests) == 2  # count (falls back), first page; neither retried
+    assert not info.value.transient
+
+
+def test_400_with_errorcode_body_shape(server: FakeSocrata) -> None:
+    body = json.dumps(
+        {"errorCode": "query.soql.no-such-column", "message": "No such column: foo", "data": {"column": "foo"}}
+    )
+    server.faults.append(Fault.error(400, body=body, where="page", offset=0))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, max_workers=1).fetch_all()
+    message = str(info.value)
+    assert "400" in message and "$offset=0" in message
+    assert "query.soql.no-such-column: No such column: foo" in message
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "0"]) == 1
+
+
+def test_400_with_code_error_message_body_shape(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(400, message="Unrecognized arguments [$foo]", where="page", offset=200))
+    with pytest.raises(SocrataError, match=r"HTTP 400 .*\$offset=200.*fake\.400: Unrecognized arguments \[\$foo\]"):
+        make_client(server).fetch_all()
+
+
+def test_non_json_error_body_is_quoted_briefly(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(403, body="Forbidden by policy. " * 40, where="page", offset=0))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, max_workers=1).fetch_all()
+    message = str(info.value)
+    assert "403" in message and "Forbidden by policy." in message
+    assert len(message) < 500
+
+
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        (Fault.html(where="page", offset=100), "HTML page"),
+        (Fault.truncated(where="page", offset=100), "not valid JSON"),
+        (Fault.json_body({"rows": [], "message": "weird"}, where="page", offset=100), "JSON object"),
+        (Fault.json_body([["AL", "01"]], where="page", offset=100), "item 0 is a JSON list"),
+        (Fault("respond", status=200, body=b"", where="page", offset=100), "empty"),
+    ],
+    ids=["html", "truncated", "object", "array-of-arrays", "empty-body"],
+)
+def test_bad_bodies_are_errors_not_zero_rows(server: FakeSocrata, fault: Fault, expected: str) -> None:
+    server.faults.append(fault)
+    with pytest.raises(SocrataError, match=expected) as info:
+        make_client(server).fetch_all()
+    assert "$offset=100" in str(info.value)
+
+
+def test_repeated_page_is_detected(server: FakeSocrata) -> None:
+    server.faults.append(Fault.repeat_previous(where="page", offset=100))
+    with pytest.raises(SocrataError, match="same rows as the page at offset 0"):
+        make_client(server, max_workers=1).fetch_all()
+
+
+def test_empty_source_is_an_error() -> None:
+    with FakeSocrata([]) as server:
+        with pytest.raises(SocrataError, match="source returned no rows"):
+            make_client(server).fetch_all()
+        server.faults.append(Fault.error(400, where="count"))  # no count: still refused
+        with pytest.raises(SocrataError, match="source returned no rows"):
+            make_client(server).fetch_all()
+
+
+def test_empty_first_page_despite_count_is_an_error(server: FakeSocrata) -> None:
+    server.faults.append(Fault.empty(where="page", offset=0))
+    with pytest.raises(SocrataError, match=r"first page is empty although count\(\*\) reported 450 rows"):
+        make_client(server).fetch_all()
+
+
+# ---------------------------------------------------------------------------------------
+# Token handling
+# ---------------------------------------------------------------------------------------
+def test_token_sent_as_header_and_never_shown(server: FakeSocrata, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make_client(server, app_token=TOKEN)
+    client.fetch_all()
+    assert server.requests and all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
+    assert all(TOKEN not in r.path and TOKEN not in json.dumps(r.params) for r in server.requests)
+
+    # An error body echoing the token, a 404, and an exhausted 503: none may show it.
+    server.faults.append(Fault.error(401, message=f"Invalid app token {TOKEN}", where="page", offset=0))
+    errors = []
+    for attempt in (client, make_client(server, app_token=TOKEN, dataset_id="zzzz-0000")):
+        with pytest.raises(SocrataError) as info:
+            attempt.fetch_all()
+        errors.append(info.value)
+    server.faults.append(Fault.error(503, times=100))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
+    errors.append(info.value)
+
+    assert "Invalid app token ***" in str(errors[0])
+    for error in errors:
+        assert TOKEN not in str(error) and TOKEN not in repr(error) and TOKEN not in str(error.url)
+    assert TOKEN not in caplog.text
+    assert TOKEN not in repr(client)
+    assert TOKEN not in repr(SocrataSource(app_token=TOKEN))
+
+
+# ---------------------------------------------------------------------------------------
+# Columns and values
+# ---------------------------------------------------------------------------------------
+def test_missing_required_column_is_named(rows: list[dict[str, Any]]) -> None:
+    stripped = [{k: v for k, v in r.items() if k not in ("fema_region", "date")} for r in rows]
+    with FakeSocrata(stripped) as server:
+        with pytest.raises(SocrataError) as info:
+            make_client(server).fetch_all()
+    message = str(info.value)
+    assert "fema_region" in message and "date" in message and "/resource/j8mb-icvb.json" in message
+
+
+def test_extra_columns_kept_in_first_seen_order(rows: list[dict[str, Any]]) -> None:
+    rows = [dict(r) for r in rows]
+    rows[5]["zz_note"] = "late"
+    for r in rows[150:]:
+        r["geocoded_state"] = "POINT (-86.8 32.7)"
+    # key order inside a row must not matter either
+    rows[0] = dict(reversed(list(rows[0].items())))
+    with FakeSocrata(rows) as server:
+        frame = make_client(server).fetch_all().frame
+    assert list(frame.columns) == [*REQUIRED_COLUMNS, "zz_note", "geocoded_state"]
+    assert frame.loc[5, "zz_note"] == "late" and frame["zz_note"].isna().sum() == len(rows) - 1
+    assert frame["geocoded_state"].isna().sum() == 150
+    assert frame.loc[200, "geocoded_state"] == "POINT (-86.8 32.7)"
+    assert_all_string(frame)
+
+
+def test_values_kept_exactly_as_delivered(rows: list[dict[str, Any]]) -> None:
+    rows = [dict(r) for r in rows]
+    rows[0].update(state_fips="01", state_name=" Alabama ", new_results_reported=None)
+    rows[1].update(fema_region="NA", total_results_reported="0012")
+    rows[2].update(new_results_reported=None, total_results_reported=None)
+    with FakeSocrata(rows) as server:
+        frame = make_client(server).fetch_all().frame
+    assert frame.loc[0, "state_fips"] == "01"
+    assert frame.loc[0, "state_name"] == " Alabama "
+    assert frame.loc[0, "new_results_reported"] is pd.NA
+    assert frame.loc[1, "fema_region"] == "NA"
+    assert frame.loc[1, "total_results_reported"] == "0012"
+    assert frame.loc[2, ["new_results_reported", "total_results_reported"]].isna().all()
+    assert frame.loc[3, "date"] == rows[3]["date"]
+    assert frame["new_results_reported"].isna().sum() == 2
+    assert_all_string(frame)
+
+
+def test_non_string_json_values_are_kept_as_json_text() -> None:
+    rows = make_rows(3)
+    rows[0]["geocoded_state"] = {"type": "Point", "coordinates": [-86.8, 32.7]}  # type: ignore[assignment]
+    rows[1]["new_results_reported"] = 5  # type: ignore[assignment]
+    with FakeSocrata(rows) as server:
+        frame = make_client(server).fetch_all().frame
+    assert frame.loc[0, "geocoded_state"] == '{"type":"Point","coordinates":[-86.8,32.7]}'
+    assert frame.loc[1, "new_results_reported"] == "5"
+    assert_all_string(frame)
+
+
+def test_real_sample_round_trips_exactly(sample_rows: list[dict[str, Any]]) -> None:
+    with FakeSocrata(sample_rows, max_limit=250, compress=True) as server:
+        extract = make_client(server, page_size=300).fetch_all()
+    assert len(sample_rows) == 1000
+    assert extract.frame.to_dict("records") == sample_rows
+    assert list(extract.frame.columns) == list(REQUIRED_COLUMNS)
+    assert extract.frame.loc[0, "state_fips"] == "01"
+    assert extract.frame.loc[0, "date"] == "2020-03-01T00:00:00.000"
+    assert_all_string(extract.frame)
+
+
+# ---------------------------------------------------------------------------------------
+# Export files
+# ---------------------------------------------------------------------------------------
+def test_read_real_csv_snapshot() -> None:
+    extract = read_export_file(SNAPSHOT_CSV)
+    frame = extract.frame
+    assert len(frame) == 57_459
+    assert list(frame.columns) == list(REQUIRED_COLUMNS)
+    assert frame.iloc[0].tolist() == ["AL", "Alabama", "01", "Region 4", "Negative", "2020-03-06", "5", "5"]
+    assert_all_string(frame)
+    assert not frame["total_results_reported"].str.endswith("\r").any()  # CRLF handled
+    assert extract.stats.rows == 57_459 and extract.stats.pages == 1
+    assert extract.stats.requests == 0 and extract.stats.retries == 0
+    assert extract.stats.bytes == SNAPSHOT_CSV.stat().st_size
+    assert extract.source == str(SNAPSHOT_CSV)
+
+
+def _nine_column_csv(n: int = 30) -> tuple[bytes, list[list[str]]]:
+    """A newer-layout export built from real rows: geocoded_state + YYYY/MM/DD dates, CRLF."""
+    with gzip.open(SNAPSHOT_CSV, "rt", encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        real = [next(reader) for _ in range(n)]
+    out_rows = []
+    for row in real:
+        row = list(row)
+        row[5] = row[5].replace("-", "/")
+        out_rows.append(row + ["POINT (-86.8 32.7)"])
+    out_rows[1][3] = "NA"  # a literal "NA" must survive
+    out_rows[2][6] = ""  # a blank cell is missing
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header + ["geocoded_state"])
+    writer.writerows(out_rows)
+    return buffer.getvalue().encode("utf-8"), out_rows
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_read_nine_column_csv(tmp_path: Path, compressed: bool) -> None:
+    data, expected = _nine_column_csv()
+    path = tmp_path / "export.csv"  # gzip content under a .csv name: detected by magic bytes
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    extract = read_export_file(path)
+    frame = extract.frame
+    assert list(frame.columns) == [*REQUIRED_COLUMNS, "geocoded_state"]
+    assert len(frame) == len(expected)
+    assert frame.loc[0, "date"] == "2020/03/06"
+    assert frame.loc[0, "state_fips"] == "01"
+    assert frame.loc[1, "fema_region"] == "NA"
+    assert frame.loc[2, "new_results_reported"] is pd.NA
+    assert frame.loc[0, "geocoded_state"] == "POINT (-86.8 32.7)"
+    got = frame.astype(object).where(frame.notna(), "").values.tolist()
+    assert got == expected
+    assert_all_string(frame)
+    assert extract.stats.bytes == path.stat().st_size
+
+
+def test_csv_columns_reordered_required_first(tmp_path: Path) -> None:
+    header = ["geocoded_state", *reversed(REQUIRED_COLUMNS)]
+    line = ["POINT (1 2)", "7", "3", "2021/01/02", "Positive", "Region 4", "01", "Alabama", "AL"]
+    path = tmp_path / "x.csv"
+    path.write_text(",".join(header) + "\n" + ",".join(line) + "\n")
+    frame = read_export_file(path).frame
+    assert list(frame.columns) == [*REQUIRED_COLUMNS, "geocoded_state"]
+    assert frame.iloc[0].tolist() == ["AL", "Alabama", "01", "Region 4", "Positive", "2021/01/02", "3", "7", "POINT (1 2)"]
+
+
+def test_read_json_array_files(tmp_path: Path, sample_rows: list[dict[str, Any]]) -> None:
+    extract = read_export_file(SAMPLE_JSON)
+    assert extract.frame.to_dict("records") == sample_rows
+    assert_all_string(extract.frame)
+
+    partial = [dict(r) for r in sample_rows[:3]]
+    del partial[1]["new_results_reported"]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(partial))
+    frame = read_export_file(path).frame
+    assert frame.loc[1, "new_results_reported"] is pd.NA
+    assert frame.loc[0, "state_fips"] == "01"
+
+
+def test_export_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(SocrataError, match="export file not found: .*nope.csv"):
+        read_export_file(tmp_path / "nope.csv")
+
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(os.urandom(2000).replace(b"\x1f", b"x"))
+    with pytest.raises(SocrataError, match="garbage.csv"):
+        read_export_file(garbage)
+
+    broken_gzip = tmp_path / "broken.csv.gz"
+    broken_gzip.write_bytes(gzip.compress(b"state,state_name\n" * 1000)[:60])
+    with pytest.raises(SocrataError, match="cannot read export file .*broken.csv.gz"):
+        read_export_file(broken_gzip)
+
+    missing = tmp_path / "missing.csv"
+    missing.write_text("state,state_name,state_fips,date\nAL,Alabama,01,2020-03-06\n")
+    with pytest.raises(SocrataError) as info:
+        read_export_file(missing)
+    message = str(info.value)
+    assert "missing.csv" in message
+    for column in ("fema_region", "overall_outcome", "new_results_reported", "total_results_reported"):
+        assert column in message
+
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps({"message": "not rows"}))
+    with pytest.raises(SocrataError, match="JSON object"):
+        read_export_file(obj)
+
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(make_rows(5))[:300])
+    with pytest.raises(SocrataError, match="cut.json"):
+        read_export_file(cut)
+
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(REQUIRED_COLUMNS) + "\r\n")
+    with pytest.raises(SocrataError, match="no rows"):
+        read_export_file(header_only)
+
+
+# ---------------------------------------------------------------------------------------
+# The fake server itself (benchmarks rely on it behaving like Socrata)
+# ---------------------------------------------------------------------------------------
+def test_fake_server_behaves_like_socrata() -> None:
+    import requests
+
+    rows = make_rows(1500)
+    rows[0]["new_results_reported"] = None
+    with FakeSocrata(rows, max_limit=1200) as server:
+        base = f"{server.base_url}/resource/j8mb-icvb.json"
+        assert requests.get(base, params={"$select": "count(*)"}, timeout=5).json() == [{"count": "1500"}]
+        default_page = requests.get(base, params={"$order": ":id"}, timeout=5).json()
+        assert len(default_page) == 1000 and default_page[1] == rows[1]
+        assert "new_results_reported" not in default_page[0]  # null fields are left out
+        capped = requests.get(base, params={"$order": ":id", "$limit": "5000", "$offset": "100"}, timeout=5).json()
+        assert capped == rows[100:1300]
+        unordered = requests.get(base, params={"$limit": "50", "$offset": "50"}, timeout=5).json()
+        assert len(unordered) == 50 and unordered != rows[50:100]  # unstable without $order
+        bad = requests.get(base, params={"$order": ":id", "$limit": "x"}, timeout=5)
+        assert bad.status_code == 400 and bad.json()["message"]
+        missing = requests.get(f"{server.base_url}/resource/zzzz-0000.json", timeout=5)
+        assert missing.status_code == 404 and missing.json()["error"] is True
+        server.rows_updated_at = 1_234_567
+        views = requests.get(f"{server.base_url}/api/views/j8mb-icvb.json", timeout=5).json()
+        assert views["rowsUpdatedAt"] == 1_234_567
+        path, params, headers = server.requests[1]
+        assert path == "/resource/j8mb-icvb.json" and params == {"$order": ":id"} and "Host" in headers
+
+
+def test_empty_row_objects_are_not_mistaken_for_rows(server: FakeSocrata) -> None:
+    server.faults.append(Fault.json_body([{}, {}], where="page", offset=100))
+    with pytest.raises(SocrataError, match="row objects are empty"):
+        make_client(server).fetch_all()
+
+
+# ---------------------------------------------------------------------------------------
+# Dagster resource
+# ---------------------------------------------------------------------------------------
+def test_resource_reads_file_when_source_file_set(server: FakeSocrata) -> None:
+    source = SocrataSource(base_url=server.base_url, source_file=str(SAMPLE_JSON))
+    extract = source.extract()
+    assert len(extract.frame) == 1000 and extract.source == str(SAMPLE_JSON)
+    assert server.requests == []  # the API was not touched
+
+
+def test_resource_fetches_from_api(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    source = SocrataSource(base_url=server.base_url, app_token=TOKEN, page_size=200, max_workers=2, max_retries=1)
+    seen: list[int] = []
+    extract = source.extract(progress=lambda n, total: seen.append(n))
+    assert records(extract) == rows
+    assert seen[-1] == len(rows)
+    assert all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
+
+
+def test_invalid_configuration_is_reported() -> None:
+    with pytest.raises(SocrataError, match="page_size"):
+        SocrataClient(page_size=0)
+    with pytest.raises(SocrataError, match="base_url"):
+        SocrataClient(base_url="healthdata.gov")
