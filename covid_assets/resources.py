@@ -11,6 +11,7 @@ from dagster import EnvVar
 
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import PostgresPandasIOManager
+from covid_assets.storage.warehouse import WarehouseResource
 
 
 def _secret(name: str) -> EnvVar | None:
@@ -28,7 +29,9 @@ def build_resources() -> dict[str, object]:
         }.items()
         if os.getenv(variable)
     }
+    database_url = _secret("COVID_DB_URL") or ""
     return {
-        "io_manager": PostgresPandasIOManager(database_url=_secret("COVID_DB_URL") or ""),
+        "io_manager": PostgresPandasIOManager(database_url=database_url),
+        "warehouse": WarehouseResource(database_url=database_url),
         "socrata": SocrataSource(app_token=_secret("SOCRATA_APP_TOKEN"), **socrata_settings),
     }

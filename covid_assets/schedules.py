@@ -6,8 +6,12 @@ import os
 
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
+from covid_assets.assets.tables import RAW_ASSET_KEY
+
 DEFAULT_CRON = "0 6 * * *"
 DEFAULT_TIMEZONE = "UTC"
+# Scheduled runs write nothing when the source is unchanged; a manual run is a forced refresh.
+SCHEDULED_RUN_CONFIG = {"ops": {RAW_ASSET_KEY.to_python_identifier(): {"config": {"skip_if_unchanged": True}}}}
 
 refresh_warehouse_job = define_asset_job(
     name="refresh_warehouse",
@@ -24,6 +28,7 @@ def daily_refresh_schedule() -> ScheduleDefinition:
         job=refresh_warehouse_job,
         cron_schedule=os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
         execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
+        run_config=SCHEDULED_RUN_CONFIG,
         default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
         description="Refreshes every table once a day; the source has no updated-at column, so each run is a full refresh.",
     )

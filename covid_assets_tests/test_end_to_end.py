@@ -16,6 +16,7 @@ from dagster import materialize
 from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import PostgresPandasIOManager
+from covid_assets.storage.warehouse import WarehouseResource
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
 
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
@@ -31,11 +32,17 @@ TABLES = [
 ]
 
 
-def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = True):
+def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = True, instance=None, run_config=None):
     return materialize(
-        list(defs.assets),
-        resources={"io_manager": PostgresPandasIOManager(database_url=url), "socrata": socrata},
+        [*defs.assets, *defs.asset_checks],
+        resources={
+            "io_manager": PostgresPandasIOManager(database_url=url),
+            "warehouse": WarehouseResource(database_url=url),
+            "socrata": socrata,
+        },
         raise_on_error=raise_on_error,
+        instance=instance,
+        run_config=run_config,
     )
 
 
@@ -230,7 +237,7 @@ def test_materialization_metadata(loaded_warehouse) -> None:
 
 def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tmp_path: Path) -> None:
     url, _ = loaded_warehouse
-    before = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES[1:]}
+    before = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
     broken = tmp_path / "broken.csv"
     with gzip.open(SNAPSHOT, "rt") as snapshot:
         lines = snapshot.read().splitlines()
@@ -240,7 +247,7 @@ def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tm
     assert not result.success
     failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
     assert "1 of 999 source rows cannot be typed (bad date: 1)" in str(failure.event_specific_data.error)
-    assert {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES[1:]} == before
+    assert {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES} == before
 
 
 def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) -> None:

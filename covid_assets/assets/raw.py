@@ -1,22 +1,60 @@
 """The raw landing asset: the dataset exactly as Socrata (or a local export) delivered it.
 
 Keeping the untyped strings lets a bad night be diagnosed from the warehouse alone, and
-lets the base table be rebuilt without calling the API again.
+lets the base table be rebuilt without calling the API again. This asset is also the gate
+of every run: the delivery is typed and compared with what is stored *before* anything is
+written, so a refused refresh leaves every table as it was.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetObservation,
+    Config,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
 
-from covid_assets.sources.socrata import Extract, SocrataSource
+from covid_assets.assets.guards import ShrinkingSourceError, StoredTable, check_not_shrinking, content_hash
+from covid_assets.assets.parsing import InvalidRowsError, type_test_results
+from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY
+from covid_assets.sources.socrata import Extract, SocrataError, SocrataSource, SourceSignature
+from covid_assets.storage.warehouse import WarehouseResource
 
-RAW_SCHEMA = "covid_19_raw"
-RAW_ASSET_KEY = AssetKey([RAW_SCHEMA, "raw_covid_test_results"])
+
+class RawFetchConfig(Config):
+    allow_shrink: bool = Field(
+        default=False, description="Accept a source that lost rows or whole (state, outcome) series."
+    )
+    max_shrink_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="Largest share of base-table rows a refresh may lose without allow_shrink."
+    )
+    skip_if_unchanged: bool = Field(
+        default=False,
+        description="Write nothing (and skip downstream) when the source is unchanged since the last load. "
+        "The daily schedule turns this on; a manual materialization is a forced refresh.",
+    )
+
+
+@dataclass(frozen=True)
+class LastLoad:
+    """What the previous successful load recorded in its materialization metadata."""
+
+    signature: SourceSignature
+    content_hash: str | None
+    base_rows: int | None
 
 
 @asset(
     key=RAW_ASSET_KEY,
+    output_required=False,
     group_name="ingestion",
     kinds={"socrata", "pandas", "postgres"},
     description=(
@@ -25,10 +63,88 @@ RAW_ASSET_KEY = AssetKey([RAW_SCHEMA, "raw_covid_test_results"])
         "when the full refresh fetched them."
     ),
 )
-def raw_covid_test_results(context: AssetExecutionContext, socrata: SocrataSource) -> pd.DataFrame:
+def raw_covid_test_results(
+    context: AssetExecutionContext, config: RawFetchConfig, socrata: SocrataSource, warehouse: WarehouseResource
+) -> Iterator[Output[pd.DataFrame]]:
+    last_load = read_last_load(context) if config.skip_if_unchanged else None
+    stored = read_stored_base(warehouse)
+    still_stored = last_load is not None and stored is not None and stored.row_count == last_load.base_rows
+
+    signature = read_signature(context, socrata)
+    if still_stored and signature is not None and signature.rows_updated_at is not None and signature == last_load.signature:
+        report_unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
+        return
+
     extract = socrata.extract(progress=_progress_logger(context))
-    context.add_output_metadata(fetch_metadata(extract))
-    return extract.frame.assign(fetched_at=pd.Timestamp.now(tz="UTC"))
+    base_rows = gate(extract, stored, config)
+    fingerprint = content_hash(extract.frame)
+    if still_stored and fingerprint == last_load.content_hash:
+        report_unchanged(context, f"content hash {fingerprint}")
+        return
+
+    yield Output(
+        extract.frame.assign(fetched_at=pd.Timestamp.now(tz="UTC")),
+        data_version=DataVersion(fingerprint),
+        metadata={
+            **fetch_metadata(extract),
+            "content_hash": fingerprint,
+            "rows_updated_at": signature.rows_updated_at if signature and signature.rows_updated_at else None,
+            "source_row_count": len(extract.frame),
+            "base_rows": base_rows,
+        },
+    )
+
+
+def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -> int:
+    """Type the delivery and compare it with what is stored; raise before anything is written."""
+    try:
+        typed = type_test_results(extract.frame)
+        if not config.allow_shrink:
+            check_not_shrinking(stored, typed.frame, config.max_shrink_fraction)
+    except (InvalidRowsError, ShrinkingSourceError) as error:
+        raise Failure(description=f"{extract.source}: {error}") from error
+    return len(typed.frame)
+
+
+def read_stored_base(warehouse: WarehouseResource) -> StoredTable | None:
+    schema, table = BASE_ASSET_KEY.path
+    series = warehouse.distinct_values(schema, table, SERIES_KEY)
+    if series is None:
+        return None
+    return StoredTable(row_count=warehouse.row_count(schema, table) or 0, series=series)
+
+
+def read_signature(context: AssetExecutionContext, socrata: SocrataSource) -> SourceSignature | None:
+    """Two small requests; a source without them (a file, an old API) just gets a full fetch."""
+    try:
+        return socrata.signature()
+    except SocrataError as error:
+        context.log.warning(f"could not read the source's rowsUpdatedAt/count ({error}); doing a full fetch")
+        return None
+
+
+def read_last_load(context: AssetExecutionContext) -> LastLoad | None:
+    event = context.instance.get_latest_materialization_event(RAW_ASSET_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = event.asset_materialization.metadata
+
+    def value(name: str):
+        entry = metadata.get(name)
+        return None if entry is None else entry.value
+
+    return LastLoad(
+        signature=SourceSignature(rows_updated_at=value("rows_updated_at"), row_count=value("source_row_count")),
+        content_hash=value("content_hash"),
+        base_rows=value("base_rows"),
+    )
+
+
+def report_unchanged(context: AssetExecutionContext, evidence: str) -> None:
+    message = f"Source unchanged since the last load ({evidence}): no table rewritten, downstream assets skipped."
+    context.log.info(message)
+    context.log_event(AssetObservation(asset_key=RAW_ASSET_KEY, metadata={"source_unchanged": MetadataValue.text(message)}))
+    context.instance.add_run_tags(context.run_id, {"covid/source_unchanged": "true"})
 
 
 def fetch_metadata(extract: Extract) -> dict[str, object]:

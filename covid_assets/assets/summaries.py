@@ -7,7 +7,7 @@ functions, pinned by hand-computed tests.
 import pandas as pd
 from dagster import AssetIn, AssetKey, Config, asset
 
-from covid_assets.assets.base import BASE_ASSET_KEY, SCHEMA
+from covid_assets.assets.tables import BASE_ASSET_KEY, SCHEMA, SUMMARY_PRIMARY_KEYS
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -17,12 +17,12 @@ from covid_assets.assets.summary_frames import (
 )
 
 
-def summary_asset(name: str, primary_key: list[str], description: str):
+def summary_asset(name: str, description: str):
     """The shared decorator: a `covid_19.<name>` table computed from the base table."""
     return asset(
         key=AssetKey([SCHEMA, name]),
         ins={"base": AssetIn(key=BASE_ASSET_KEY)},
-        metadata={"primary_key": primary_key},
+        metadata={"primary_key": SUMMARY_PRIMARY_KEYS[name]},
         group_name="reporting",
         kinds={"pandas", "postgres"},
         description=description,
@@ -31,7 +31,6 @@ def summary_asset(name: str, primary_key: list[str], description: str):
 
 @summary_asset(
     "outcome_results",
-    ["overall_outcome"],
     "All PCR results ever reported, by outcome (Positive / Negative / Inconclusive), with each outcome's share in percent.",
 )
 def outcome_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -40,7 +39,6 @@ def outcome_results(base: pd.DataFrame) -> pd.DataFrame:
 
 @summary_asset(
     "state_results",
-    ["state"],
     "Per jurisdiction: positive, negative, inconclusive and total tests over the whole series, and the positivity rate in percent.",
 )
 def state_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +47,6 @@ def state_results(base: pd.DataFrame) -> pd.DataFrame:
 
 @summary_asset(
     "smoothed_results",
-    ["date"],
     "The national daily curve: results per outcome for every calendar day, their 7-day trailing means and the 7-day positivity rate.",
 )
 def smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +55,6 @@ def smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
 
 @summary_asset(
     "total_results",
-    ["state"],
     "Per jurisdiction: its latest reporting date and the cumulative results reported per outcome as of that outcome's latest row.",
 )
 def total_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +68,6 @@ class RecentPositivityConfig(Config):
 
 @summary_asset(
     "recent_positivity_results",
-    ["state"],
     "The jurisdictions with the highest positivity over the last 30 days of the data (anchored on the data's latest date, not today), ranked.",
 )
 def recent_positivity_results(base: pd.DataFrame, config: RecentPositivityConfig) -> pd.DataFrame:

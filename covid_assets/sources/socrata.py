@@ -47,6 +47,7 @@ __all__ = [
     "SocrataClient",
     "SocrataError",
     "SocrataSource",
+    "SourceSignature",
     "read_export_file",
 ]
 
@@ -124,6 +125,14 @@ class Extract:
     frame: pd.DataFrame
     stats: FetchStats
     source: str
+
+
+@dataclass(frozen=True)
+class SourceSignature:
+    """Cheap evidence of what the source holds now: if both match the last load, nothing changed."""
+
+    rows_updated_at: int | None
+    row_count: int | None
 
 
 # --------------------------------------------------------------------------------------
@@ -325,6 +334,17 @@ class SocrataClient:
             stats.rows, self.resource_url, stats.elapsed_s, stats.pages, stats.requests, stats.retries, stats.bytes,
         )
         return Extract(frame=frame, stats=stats, source=self.resource_url)
+
+    def signature(self) -> SourceSignature:
+        """Two small requests: the dataset's `rowsUpdatedAt` (/api/views) and `count(*)`."""
+        views_url = f"{self.base_url}/api/views/{self.dataset_id}.json"
+        with _Fetch(self, None) as run:
+            response = run.get(views_url)
+            try:
+                rows_updated_at = response.json().get("rowsUpdatedAt")
+            except (ValueError, AttributeError):
+                rows_updated_at = None
+            return SourceSignature(rows_updated_at=rows_updated_at, row_count=run.count())
 
     # Used by _Fetch -------------------------------------------------------------------
     def _retry(self) -> Retry:
@@ -716,6 +736,10 @@ class SocrataSource(dg.ConfigurableResource):
             max_retries=self.max_retries,
             backoff_factor=self.backoff_factor,
         )
+
+    def signature(self) -> SourceSignature | None:
+        """What the API says about the data now (None for a local file: its content is the evidence)."""
+        return None if self.source_file else self.client().signature()
 
     def extract(self, progress: ProgressFn | None = None) -> Extract:
         """The full raw table; progress is reported for API fetches only."""

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from covid_assets.assets.base import BASE_COLUMNS, InvalidRowsError, type_test_results
+from covid_assets.assets.parsing import BASE_COLUMNS, InvalidRowsError, type_test_results
 
 ROW = {
     "state": "AL",

@@ -1,0 +1,18 @@
+"""Names of the warehouse tables, shared by assets, checks and guards (key = [schema, table])."""
+
+from dagster import AssetKey
+
+RAW_SCHEMA = "covid_19_raw"
+SCHEMA = "covid_19"
+RAW_ASSET_KEY = AssetKey([RAW_SCHEMA, "raw_covid_test_results"])
+BASE_ASSET_KEY = AssetKey([SCHEMA, "covid_test_results"])
+PRIMARY_KEY = ["state", "overall_outcome", "date"]
+SERIES_KEY = ["state", "overall_outcome"]
+SUMMARY_PRIMARY_KEYS = {
+    "outcome_results": ["overall_outcome"],
+    "state_results": ["state"],
+    "smoothed_results": ["date"],
+    "total_results": ["state"],
+    "recent_positivity_results": ["state"],
+}
+SUMMARY_ASSET_KEYS = [AssetKey([SCHEMA, name]) for name in SUMMARY_PRIMARY_KEYS]

@@ -1,0 +1,180 @@
+"""Asset checks: what must hold for the tables to be trusted, asked of Postgres in SQL.
+
+Blocking checks on the base table stop the summaries from being rebuilt on bad data;
+warnings describe the source's known quirks with numbers, so they can be watched over time.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    MetadataValue,
+    multi_asset_check,
+)
+from psycopg import sql
+
+from covid_assets.assets.parsing import OUTCOMES
+from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SCHEMA, SUMMARY_PRIMARY_KEYS
+from covid_assets.storage.warehouse import WarehouseResource
+
+EARLIEST_DATE = dt.date(2020, 1, 1)
+RAGGED_LAG_DAYS = 14
+# USPS codes of the states, DC, territories and freely associated states HHS reports on.
+KNOWN_JURISDICTIONS = frozenset(
+    "AK AL AR AZ CA CO CT DC DE FL GA HI IA ID IL IN KS KY LA MA MD ME MI MN MO MS MT NC ND NE NH NJ NM NV NY "
+    "OH OK OR PA RI SC SD TN TX UT VA VT WA WI WV WY AS GU MP PR VI UM FM MH PW".split()
+)
+BASE_TABLE = sql.Identifier(*BASE_ASSET_KEY.path)
+
+BLOCKING_CHECKS = {
+    "primary_key_unique_and_not_null": "Every (state, overall_outcome, date) appears once, with no NULL part.",
+    "outcomes_are_known": "overall_outcome is Positive, Negative or Inconclusive.",
+    "dates_in_range": f"Every date is between {EARLIEST_DATE} and today.",
+    "states_are_known_jurisdictions": "Every state code is a known US state, DC, territory or freely associated state.",
+    "row_count_matches_accepted_load": "The table holds exactly the rows the raw asset's guard accepted (and not zero).",
+}
+WARNING_CHECKS = {
+    "negative_daily_counts": "Daily counts below zero (states revising history); how many and the worst rows.",
+    "cumulative_totals_decrease": "Rows whose cumulative total is lower than the day before in the same series.",
+    "ragged_reporting": f"States whose latest date lags the dataset's latest date by more than {RAGGED_LAG_DAYS} days.",
+}
+
+
+@multi_asset_check(
+    specs=[
+        *(AssetCheckSpec(name, asset=BASE_ASSET_KEY, description=text, blocking=True) for name, text in BLOCKING_CHECKS.items()),
+        *(AssetCheckSpec(name, asset=BASE_ASSET_KEY, description=text) for name, text in WARNING_CHECKS.items()),
+    ],
+)
+def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
+    with warehouse.connect() as connection:
+
+        def one(query: str, *params: object) -> tuple:
+            return connection.execute(sql.SQL(query).format(table=BASE_TABLE), params).fetchone()
+
+        duplicates, null_keys = one(
+            "SELECT count(*) - count(DISTINCT (state, overall_outcome, date)), "
+            "count(*) FILTER (WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL) FROM {table}"
+        )
+        yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
+                      duplicate_keys=duplicates, null_keys=null_keys)
+
+        (bad_outcomes,) = one("SELECT count(*) FROM {table} WHERE NOT (overall_outcome = ANY(%s))", list(OUTCOMES))
+        yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
+
+        first, last, out_of_range = one(
+            "SELECT min(date), max(date), count(*) FILTER (WHERE date < %s OR date > current_date) FROM {table}",
+            EARLIEST_DATE,
+        )
+        yield _result("dates_in_range", out_of_range == 0, rows_out_of_range=out_of_range,
+                      first_date=str(first), last_date=str(last))
+
+        (unknown,) = one(
+            "SELECT coalesce(array_agg(DISTINCT state), '{{}}') FROM {table} WHERE NOT (state = ANY(%s))",
+            sorted(KNOWN_JURISDICTIONS),
+        )
+        yield _result("states_are_known_jurisdictions", not unknown, unknown_states=", ".join(unknown) or "none")
+
+        (rows,) = one("SELECT count(*) FROM {table}")
+        accepted = _accepted_base_rows(context)
+        yield _result("row_count_matches_accepted_load", rows > 0 and (accepted is None or rows == accepted),
+                      row_count=rows, accepted_by_guard=accepted if accepted is not None else "unknown")
+
+        negative, worst = _negative_counts(connection)
+        yield _warning("negative_daily_counts", negative, negative_daily_counts=negative, worst_rows=MetadataValue.md(worst))
+
+        (decreasing,) = one(
+            "SELECT count(*) FROM (SELECT total_results_reported - lag(total_results_reported) OVER "
+            "(PARTITION BY state, overall_outcome ORDER BY date) AS change FROM {table}) t WHERE change < 0"
+        )
+        yield _warning("cumulative_totals_decrease", decreasing, rows_with_decreasing_total=decreasing)
+
+        lagging = connection.execute(
+            sql.SQL(
+                "SELECT state, max(date) AS latest FROM {table} GROUP BY state "
+                "HAVING max(date) < (SELECT max(date) FROM {table}) - %s ORDER BY latest, state"
+            ).format(table=BASE_TABLE),
+            (RAGGED_LAG_DAYS,),
+        ).fetchall()
+        yield _warning("ragged_reporting", len(lagging), lagging_states=len(lagging),
+                       states=", ".join(f"{state} ({latest})" for state, latest in lagging) or "none")
+
+
+SUMMARY_TOTAL_QUERIES = {
+    "outcome_results": "SELECT sum(total_results_reported) FROM {table}",
+    "state_results": "SELECT sum(total_tests) FROM {table}",
+    "smoothed_results": "SELECT sum(positive_tests + negative_tests + inconclusive_tests) FROM {table}",
+}
+
+
+def _summary_specs() -> Iterator[AssetCheckSpec]:
+    for name, key in SUMMARY_PRIMARY_KEYS.items():
+        asset = AssetKey([SCHEMA, name])
+        yield AssetCheckSpec("not_empty", asset=asset, description="The table has at least one row.")
+        yield AssetCheckSpec("key_unique", asset=asset, description=f"({', '.join(key)}) identifies one row.")
+        if name in SUMMARY_TOTAL_QUERIES:
+            yield AssetCheckSpec(
+                "reconciles_with_base", asset=asset, additional_deps=[BASE_ASSET_KEY],
+                description="Its total number of results equals the base table's sum of new_results_reported.",
+            )
+
+
+@multi_asset_check(specs=list(_summary_specs()), can_subset=True)
+def summary_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
+    selected = context.selected_asset_check_keys
+    with warehouse.connect() as connection:
+        base_total = connection.execute(
+            sql.SQL("SELECT coalesce(sum(new_results_reported), 0) FROM {}").format(BASE_TABLE)
+        ).fetchone()[0]
+        for check_key in selected:
+            name = check_key.asset_key.path[-1]
+            table = sql.Identifier(SCHEMA, name)
+            key_columns = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_PRIMARY_KEYS[name]))
+            if check_key.name == "not_empty":
+                (rows,) = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+                yield _result("not_empty", rows > 0, asset_key=check_key.asset_key, row_count=rows)
+            elif check_key.name == "key_unique":
+                (duplicates,) = connection.execute(
+                    sql.SQL("SELECT count(*) - count(DISTINCT ({})) FROM {}").format(key_columns, table)
+                ).fetchone()
+                yield _result("key_unique", duplicates == 0, asset_key=check_key.asset_key, duplicate_keys=duplicates)
+            else:
+                (total,) = connection.execute(sql.SQL(SUMMARY_TOTAL_QUERIES[name]).format(table=table)).fetchone()
+                total = total or 0
+                yield AssetCheckResult(
+                    asset_key=check_key.asset_key, check_name="reconciles_with_base", passed=total == base_total,
+                    severity=AssetCheckSeverity.WARN,
+                    metadata={"summary_total": int(total), "base_total": int(base_total), "difference": int(total - base_total)},
+                )
+
+
+def _negative_counts(connection) -> tuple[int, str]:
+    rows = connection.execute(
+        sql.SQL(
+            "SELECT state, overall_outcome, date, new_results_reported, count(*) OVER () FROM {} "
+            "WHERE new_results_reported < 0 ORDER BY new_results_reported, state, date LIMIT 5"
+        ).format(BASE_TABLE)
+    ).fetchall()
+    table = "\n".join(f"| {s} | {o} | {d} | {n:,} |" for s, o, d, n, _ in rows)
+    return (rows[0][4] if rows else 0), "| state | outcome | date | new results |\n|---|---|---|---|\n" + table
+
+
+def _accepted_base_rows(context: AssetCheckExecutionContext) -> int | None:
+    event = context.instance.get_latest_materialization_event(RAW_ASSET_KEY)
+    entry = event.asset_materialization.metadata.get("base_rows") if event and event.asset_materialization else None
+    return None if entry is None else entry.value
+
+
+def _result(name: str, passed: bool, asset_key: AssetKey = BASE_ASSET_KEY, **metadata: object) -> AssetCheckResult:
+    return AssetCheckResult(asset_key=asset_key, check_name=name, passed=bool(passed), metadata=metadata)
+
+
+def _warning(name: str, count: int, **metadata: object) -> AssetCheckResult:
+    return AssetCheckResult(
+        asset_key=BASE_ASSET_KEY, check_name=name, passed=count == 0, severity=AssetCheckSeverity.WARN, metadata=metadata
+    )
