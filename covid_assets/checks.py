@@ -18,17 +18,14 @@ from dagster import (
 )
 from psycopg import sql
 
-from covid_assets.assets.parsing import OUTCOMES
+from covid_assets.assets.parsing import OUTCOMES, STATE_FIPS
 from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SCHEMA, SUMMARY_PRIMARY_KEYS
 from covid_assets.storage.warehouse import WarehouseResource
 
 EARLIEST_DATE = dt.date(2020, 1, 1)
 RAGGED_LAG_DAYS = 14
-# USPS codes of the states, DC, territories and freely associated states HHS reports on.
-KNOWN_JURISDICTIONS = frozenset(
-    "AK AL AR AZ CA CO CT DC DE FL GA HI IA ID IL IN KS KY LA MA MD ME MI MN MO MS MT NC ND NE NH NJ NM NV NY "
-    "OH OK OR PA RI SC SD TN TX UT VA VT WA WI WV WY AS GU MP PR VI UM FM MH PW".split()
-)
+# USPS codes of the states, DC, territories and freely associated states.
+KNOWN_JURISDICTIONS = frozenset(STATE_FIPS)
 BASE_TABLE = sql.Identifier(*BASE_ASSET_KEY.path)
 
 BLOCKING_CHECKS = {

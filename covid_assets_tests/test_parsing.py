@@ -110,3 +110,22 @@ def test_many_bad_rows_are_counted_and_the_first_ones_shown() -> None:
     message = str(error.value)
     assert message.startswith("8 of 8 source rows cannot be typed (bad date: 8)")
     assert "not-a-date-4" in message and "not-a-date-5" not in message
+
+
+def test_a_missing_fips_code_is_filled_from_the_state() -> None:
+    raw = raw_frame({"state": "WY"}, {"state": "PR"}, {"state": "ZZ"}).assign(state_fips=pd.array([None, " ", None], dtype="string"))
+    frame = type_test_results(raw).frame.set_index("state")
+    assert frame.loc["WY", "state_fips"] == "56"
+    assert frame.loc["PR", "state_fips"] == "72"
+    assert frame.loc["ZZ", "state_fips"] is pd.NA  # unknown jurisdiction: left NULL, flagged by the checks
+
+
+def test_the_fips_table_agrees_with_the_real_snapshot() -> None:
+    from pathlib import Path
+
+    from covid_assets.assets.parsing import STATE_FIPS
+
+    snapshot = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
+    pairs = pd.read_csv(snapshot, dtype=str, usecols=["state", "state_fips"]).drop_duplicates()
+    assert len(pairs) == 56
+    assert {state: STATE_FIPS[state] for state in pairs["state"]} == dict(zip(pairs["state"], pairs["state_fips"]))

@@ -17,6 +17,16 @@ COUNT_COLUMNS = ["new_results_reported", "total_results_reported"]
 BASE_COLUMNS = [*TEXT_COLUMNS, "date", *COUNT_COLUMNS]
 DATE_DTYPE = pd.ArrowDtype(pa.date32())
 MAX_REPORTED_BAD_ROWS = 5
+# Census FIPS codes by USPS code: fills a missing state_fips (the code is implied by the state).
+STATE_FIPS = dict(
+    pair.split(":")
+    for pair in (
+        "AL:01 AK:02 AZ:04 AR:05 CA:06 CO:08 CT:09 DE:10 DC:11 FL:12 GA:13 HI:15 ID:16 IL:17 IN:18 IA:19 KS:20 "
+        "KY:21 LA:22 ME:23 MD:24 MA:25 MI:26 MN:27 MS:28 MO:29 MT:30 NE:31 NV:32 NH:33 NJ:34 NM:35 NY:36 NC:37 "
+        "ND:38 OH:39 OK:40 OR:41 PA:42 RI:44 SC:45 SD:46 TN:47 TX:48 UT:49 VT:50 VA:51 WA:53 WV:54 WI:55 WY:56 "
+        "AS:60 FM:64 GU:66 MH:68 MP:69 PW:70 PR:72 UM:74 VI:78"
+    ).split()
+)
 
 
 class InvalidRowsError(ValueError):
@@ -32,7 +42,7 @@ class TypedRows:
 def type_test_results(raw: pd.DataFrame) -> TypedRows:
     """Type the raw strings; fail on any row that cannot be typed; keep the last of duplicate keys."""
     text = {column: _clean_text(raw[column]) for column in TEXT_COLUMNS}
-    text["state_fips"] = text["state_fips"].str.zfill(2)  # CSV tools drop the leading zero of "01"
+    text["state_fips"] = _repair_fips(text["state_fips"], text["state"])
     typed = pd.DataFrame(
         {
             **text,
@@ -49,6 +59,11 @@ def type_test_results(raw: pd.DataFrame) -> TypedRows:
 def _clean_text(values: pd.Series) -> pd.Series:
     stripped = values.astype("string").str.strip()
     return stripped.mask(stripped == "")
+
+
+def _repair_fips(fips: pd.Series, state: pd.Series) -> pd.Series:
+    """Restore the leading zero CSV tools drop ("1" -> "01"); fill a missing code from the state."""
+    return fips.str.zfill(2).fillna(state.map(STATE_FIPS).astype("string"))
 
 
 def _parse_dates(values: pd.Series) -> pd.Series:
