@@ -34,11 +34,37 @@ def test_lineage_is_raw_then_base_then_five_summaries() -> None:
     assert len(graph.get_all_asset_keys()) == 7
 
 
-def test_every_asset_has_a_description_group_and_kinds() -> None:
+def test_every_asset_has_a_description_group_owner_kinds_and_column_docs() -> None:
     for spec in covid_assets.definitions.defs.resolve_all_asset_specs():
-        assert spec.description, spec.key
+        assert spec.description and len(spec.description) > 80, spec.key
         assert spec.group_name in {"ingestion", "warehouse", "reporting"}, spec.key
-        assert "postgres" in spec.kinds, spec.key
+        assert {"postgres", "pandas"} <= set(spec.kinds), spec.key
+        assert spec.owners == ["team:data-platform"], spec.key
+        assert spec.metadata["column_descriptions"], spec.key
+    raw = covid_assets.definitions.defs.resolve_assets_def(AssetKey(["covid_19_raw", "raw_covid_test_results"]))
+    assert "socrata" in raw.specs_by_key[raw.key].kinds
+
+
+def test_column_docs_and_lineage_cover_every_summary_column() -> None:
+    from covid_assets.assets.catalog import SUMMARY_COLUMNS
+    from covid_assets.assets.summary_frames import (
+        OUTCOME_RESULTS_DTYPES,
+        RECENT_POSITIVITY_RESULTS_DTYPES,
+        SMOOTHED_RESULTS_DTYPES,
+        STATE_RESULTS_DTYPES,
+        TOTAL_RESULTS_DTYPES,
+    )
+
+    produced = {
+        "outcome_results": OUTCOME_RESULTS_DTYPES,
+        "state_results": STATE_RESULTS_DTYPES,
+        "smoothed_results": SMOOTHED_RESULTS_DTYPES,
+        "total_results": TOTAL_RESULTS_DTYPES,
+        "recent_positivity_results": RECENT_POSITIVITY_RESULTS_DTYPES,
+    }
+    assert {table: list(columns) for table, columns in SUMMARY_COLUMNS.items()} == {
+        table: list(dtypes) for table, dtypes in produced.items()
+    }
 
 
 def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import materialize
+from dagster import AssetKey, materialize
 
 from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
@@ -219,7 +219,7 @@ def test_recent_positivity_results_match_sql(loaded_warehouse) -> None:
 
 
 def test_materialization_metadata(loaded_warehouse) -> None:
-    _, result = loaded_warehouse
+    url, result = loaded_warehouse
     by_table = {
         ".".join(event.asset_key.path): event.materialization.metadata
         for event in result.get_asset_materialization_events()
@@ -230,9 +230,23 @@ def test_materialization_metadata(loaded_warehouse) -> None:
         assert metadata["dagster/table_name"].value == table
         assert metadata["dagster/column_schema"].value.columns, table
         assert "|" in metadata["preview"].value, table
+        assert all(column.description for column in metadata["dagster/column_schema"].value.columns), table
     raw = by_table["covid_19_raw.raw_covid_test_results"]
     assert raw["fetch_bytes"].value == SNAPSHOT.stat().st_size
-    assert by_table["covid_19.covid_test_results"]["duplicates_dropped"].value == 0
+    base = by_table["covid_19.covid_test_results"]
+    assert base["duplicates_dropped"].value == 0
+    assert base["total_tests_to_date"].value == rows(url, "SELECT sum(new_results_reported) FROM covid_19.covid_test_results")[0][0]
+    assert base["states_reporting_latest_week"].value == rows(
+        url,
+        "SELECT count(DISTINCT state) FROM covid_19.covid_test_results "
+        "WHERE date > (SELECT max(date) FROM covid_19.covid_test_results) - 7",
+    )[0][0]
+    assert by_table["covid_19.smoothed_results"]["latest_7day_positivity_pct"].value == rows(
+        url, "SELECT smoothed_positivity_rate FROM covid_19.smoothed_results ORDER BY date DESC LIMIT 1"
+    )[0][0]
+    lineage = by_table["covid_19.state_results"]["dagster/column_lineage"].value.deps_by_column
+    assert {dep.column_name for dep in lineage["positivity_rate"]} == {"new_results_reported", "overall_outcome"}
+    assert {dep.asset_key for deps in lineage.values() for dep in deps} == {AssetKey(["covid_19", "covid_test_results"])}
 
 
 def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tmp_path: Path) -> None:

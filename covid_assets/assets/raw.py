@@ -22,6 +22,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from covid_assets.assets.catalog import OWNERS, column_descriptions
 from covid_assets.assets.guards import ShrinkingSourceError, StoredTable, check_not_shrinking, content_hash
 from covid_assets.assets.parsing import InvalidRowsError, type_test_results
 from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY
@@ -55,6 +56,8 @@ class LastLoad:
 @asset(
     key=RAW_ASSET_KEY,
     output_required=False,
+    metadata={"column_descriptions": column_descriptions(RAW_ASSET_KEY.path[-1])},
+    owners=OWNERS,
     group_name="ingestion",
     kinds={"socrata", "pandas", "postgres"},
     description=(

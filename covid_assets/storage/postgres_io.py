@@ -37,6 +37,7 @@ from pydantic import Field
 from covid_assets.storage.embedded import start_embedded_postgres
 
 PRIMARY_KEY_METADATA = "primary_key"
+COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
 PREVIEW_ROWS = 10
 
 # Arrow type -> (Postgres type, the Arrow type ADBC must be handed for that column).
@@ -134,11 +135,12 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
         self, context: OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection: adbc.Connection
     ) -> Mapping[str, object]:
         table, column_types = to_postgres_arrow(obj)
-        primary_key = list((context.definition_metadata or {}).get(PRIMARY_KEY_METADATA) or [])
+        definition = context.definition_metadata or {}
+        primary_key = list(definition.get(PRIMARY_KEY_METADATA) or [])
         _sync_table_definition(connection, table_slice, column_types, primary_key)
         with connection.cursor() as cursor:
             cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
-        return table_metadata(obj, column_types)
+        return table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {})
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: adbc.Connection) -> pd.DataFrame:
         return read_frame(connection, table_slice)
@@ -172,8 +174,13 @@ def _postgres_type(field: pa.Field) -> tuple[str, pa.DataType]:
     raise TypeError(f"column {field.name!r} has type {field.type}, which has no Postgres mapping")
 
 
-def table_metadata(frame: pd.DataFrame, column_types: Mapping[str, str]) -> dict[str, object]:
-    schema = TableSchema(columns=[TableColumn(name, postgres_type) for name, postgres_type in column_types.items()])
+def table_metadata(
+    frame: pd.DataFrame, column_types: Mapping[str, str], descriptions: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    descriptions = descriptions or {}
+    schema = TableSchema(
+        columns=[TableColumn(name, pg_type, description=descriptions.get(name)) for name, pg_type in column_types.items()]
+    )
     return {
         "dagster/row_count": len(frame),
         "dagster/column_schema": schema,
@@ -233,8 +240,9 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     """Stores each asset as the Postgres table `<key prefix>.<asset name>`.
 
     Leave `database_url` empty to use the embedded Postgres (see `storage/embedded.py`).
-    Declare a primary key with asset metadata `{"primary_key": ["col", ...]}`; load a subset
-    of columns with `AssetIn(metadata={"columns": [...]})`.
+    Declare a primary key with asset metadata `{"primary_key": ["col", ...]}` and column
+    descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
+    with `AssetIn(metadata={"columns": [...]})`.
     """
 
     database_url: str = Field(default="", description="libpq URL of the warehouse; empty = embedded Postgres.")
