@@ -78,7 +78,7 @@ def raw_covid_test_results(
         report_unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
         return
 
-    extract = socrata.extract(progress=_progress_logger(context))
+    extract = extract_or_explain(context, socrata)
     base_rows = gate(extract, stored, config)
     fingerprint = content_hash(extract.frame)
     if still_stored and fingerprint == last_load.content_hash:
@@ -96,6 +96,19 @@ def raw_covid_test_results(
             "base_rows": base_rows,
         },
     )
+
+
+def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource) -> Extract:
+    try:
+        return socrata.extract(progress=_progress_logger(context))
+    except SocrataError as error:
+        hint = (
+            " The API could not be reached: check the network, or load a local export instead "
+            "(SOCRATA_SOURCE_FILE, e.g. `./dev offline` for the bundled snapshot)."
+            if error.status is None and error.transient
+            else ""
+        )
+        raise Failure(description=f"{error}{hint}") from error
 
 
 def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -> int:
