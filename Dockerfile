@@ -1,19 +1,30 @@
-# One image for the three Dagster services (code server, webserver, daemon).
+# One image for the three Dagster services of docker-compose.yml (code server, webserver, daemon).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home
 
 WORKDIR /opt/dagster/app
 
-# Dependencies first, so code changes do not reinstall them.
-COPY pyproject.toml README.md ./
-COPY covid_assets ./covid_assets
-RUN pip install . && useradd --create-home --uid 1000 dagster \
-    && mkdir -p "$DAGSTER_HOME" && chown dagster "$DAGSTER_HOME"
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt
 
-COPY dagster.yaml workspace.yaml "$DAGSTER_HOME"/
+# Then the code location itself.
+COPY README.md ./
+COPY covid_assets ./covid_assets
+RUN pip install --no-deps . \
+    && useradd --create-home --uid 1000 dagster \
+    && mkdir -p "$DAGSTER_HOME/storage" \
+    && chown -R dagster "$DAGSTER_HOME"
+
+# The instance (Postgres storage, daemon scheduler, run queue) and the workspace (the code server).
+COPY dagster.yaml workspace.yaml /opt/dagster/dagster_home/
 USER dagster
 WORKDIR /opt/dagster/dagster_home
+EXPOSE 3000 4000
