@@ -192,6 +192,25 @@ def test_readers_see_old_or_new_rows_never_partial(warehouse_url: str) -> None:
     assert seen == set(sizes)
 
 
+def test_concurrent_writers_take_turns(warehouse_url: str) -> None:
+    """Two runs writing the same table at once: the table ends up as one of them, whole."""
+    materialize_keyed(warehouse_url, keyed_frame(["seed"]))
+    frames = {size: keyed_frame([f"w{size}-{i}" for i in range(size)]) for size in (30_000, 45_000)}
+    results: dict[int, bool] = {}
+
+    def write(size: int) -> None:
+        results[size] = materialize_keyed(warehouse_url, frames[size], raise_on_error=False).success
+
+    writers = [threading.Thread(target=write, args=(size,)) for size in frames]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert results == {30_000: True, 45_000: True}
+    (count, prefixes) = query(warehouse_url, "SELECT count(*), count(DISTINCT split_part(k, '-', 1)) FROM scratch.keyed")[0]
+    assert (count, prefixes) in {(30_000, 1), (45_000, 1)}
+
+
 def test_hostile_configured_schema_name_is_quoted_not_executed(warehouse_url: str) -> None:
     hostile = 'x"; DROP TABLE victim; --'
     query(warehouse_url, "CREATE TABLE public.victim (id int)")

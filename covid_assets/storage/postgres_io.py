@@ -111,7 +111,15 @@ class PostgresClient(DbClient):
 
     @staticmethod
     def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
-        """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit."""
+        """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit.
+
+        Writers of the same table take turns (a transaction-scoped advisory lock), so two runs
+        started at once replace the table one after the other instead of mixing their rows.
+        Readers take no such lock and are never blocked.
+        """
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (qualified_name(table_slice).as_string(),))
+            cursor.fetchall()
         if _table_exists(connection, table_slice):
             _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)))
 
