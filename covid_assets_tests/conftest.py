@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,9 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    # Not under tmp_path_factory: a later pytest run as root resets /tmp/pytest-of-root to 0700,
+    # locking out the unprivileged user pgserver runs the server as.
+    server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="covid-test-pg-")), cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
 

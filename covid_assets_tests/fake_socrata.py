@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import socket
@@ -37,6 +38,8 @@ _KINDS = frozenset(
         "truncated",  # the real body cut in half (Content-Length matches the cut body)
         "reset",  # close the connection with a TCP RST, no response at all
         "reset_mid_body",  # send headers + half the body, then RST
+        "stall_mid_body",  # send headers + half the body, wait `sleep_s`, then the rest (a read timeout mid-body)
+        "drip",  # send the body in 10 pieces, `sleep_s` apart (a slow but live server)
         "sleep",  # wait `sleep_s` (longer than the client's read timeout), then answer normally
         "repeat_previous",  # serve the previous page request's body again (ignores $offset)
     }
@@ -116,6 +119,14 @@ class Fault:
     @classmethod
     def sleep(cls, seconds: float, **kw: Any) -> Fault:
         return cls("sleep", sleep_s=seconds, **kw)
+
+    @classmethod
+    def stall_mid_body(cls, seconds: float, **kw: Any) -> Fault:
+        return cls("stall_mid_body", sleep_s=seconds, **kw)
+
+    @classmethod
+    def drip(cls, seconds_between_pieces: float, **kw: Any) -> Fault:
+        return cls("drip", sleep_s=seconds_between_pieces, **kw)
 
     @classmethod
     def repeat_previous(cls, **kw: Any) -> Fault:
@@ -380,6 +391,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self._reset()
             return
+        if fault is not None and fault.kind in {"stall_mid_body", "drip"}:
+            self._send_headers(status, len(body), {"Content-Type": "application/json"})
+            pieces = 2 if fault.kind == "stall_mid_body" else 10
+            size = -(-len(body) // pieces)
+            for i in range(0, len(body), size):
+                if i:
+                    fake._wait(fault.sleep_s)
+                self.wfile.write(body[i : i + size])
+                self.wfile.flush()
+            return
         self._send(status, body, {"Content-Type": "application/json; charset=utf-8"})
 
     def _real_response(
@@ -429,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+        # The stdlib handler flushes wfile after each request; give it something harmless to flush.
+        self.rfile, self.wfile = io.BytesIO(), io.BytesIO()
 
 
 def _error_body(code: str, message: str) -> bytes:

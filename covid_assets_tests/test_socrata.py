@@ -296,10 +296,48 @@ def test_failed_page_stops_the_fetch_without_waiting_for_others(rows: list[dict[
         assert len(server.page_requests()) < 9  # the remaining chunks were never requested
 
 
-def test_reset_mid_body_is_an_error_not_a_short_page(server: FakeSocrata) -> None:
-    server.faults.append(Fault.reset_mid_body(where="page", offset=100))
-    with pytest.raises(SocrataError, match=r"offset=100"):
-        make_client(server, max_workers=1).fetch_all()
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.reset_mid_body(where="page", offset=100), Fault.stall_mid_body(1.5, where="page", offset=100)],
+    ids=["reset-mid-body", "read-timeout-mid-body"],
+)
+def test_body_that_breaks_off_is_requested_again(server: FakeSocrata, rows: list[dict[str, Any]], fault: Fault) -> None:
+    # The headers arrived, so urllib3's Retry is done; the client itself asks again.
+    server.faults.append(fault)
+    started = time.monotonic()
+    extract = make_client(server, read_timeout_s=0.3).fetch_all()
+    assert records(extract) == rows  # the half body was not taken for a short page
+    assert extract.stats.retries == 1
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 2
+    assert time.monotonic() - started < 1.4  # gave up on the stalled body instead of waiting it out
+
+
+def test_body_that_keeps_breaking_off_fails_after_configured_attempts(server: FakeSocrata) -> None:
+    server.faults.append(Fault.reset_mid_body(where="page", offset=100, times=1000))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, max_retries=3, max_workers=1).fetch_all()
+    message = str(info.value)
+    assert "offset=100" in message and "failed after 4 attempt(s)" in message and "body broke off" in message
+    assert info.value.transient
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 4
+
+
+def test_body_retries_share_the_retry_budget_with_urllib3(server: FakeSocrata) -> None:
+    # One 503 (retried by urllib3) then bodies that always break off: 3 retries in all, not 3 + 3.
+    server.faults.append(Fault.error(503, where="page", offset=100))
+    server.faults.append(Fault.reset_mid_body(where="page", offset=100, times=1000))
+    with pytest.raises(SocrataError, match=r"failed after 4 attempt\(s\)"):
+        make_client(server, max_retries=3, max_workers=1).fetch_all()
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 4
+
+
+def test_slow_but_live_server_is_not_a_timeout(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    # Each page takes ~0.9 s in all, three times the read timeout, but never goes quiet for 0.3 s.
+    for offset in (0, 100):
+        server.faults.append(Fault.drip(0.1, where="page", offset=offset))
+    extract = make_client(server, read_timeout_s=0.3).fetch_all()
+    assert records(extract) == rows
+    assert extract.stats.retries == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,8 +425,33 @@ def test_empty_first_page_despite_count_is_an_error(server: FakeSocrata) -> None
 # ---------------------------------------------------------------------------------------
 # Token handling
 # ---------------------------------------------------------------------------------------
-def test_token_sent_as_header_and_never_shown(server: FakeSocrata, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+class _Captured(logging.Handler):
+    """Every log record's text (works with or without pytest's logging plugin)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def captured_logs():
+    handler, root = _Captured(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_token_sent_as_header_and_never_shown(server: FakeSocrata, captured_logs: _Captured) -> None:
     client = make_client(server, app_token=TOKEN)
     client.fetch_all()
     assert server.requests and all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
@@ -405,11 +468,17 @@ def test_token_sent_as_header_and_never_shown(server: FakeSocrata, caplog: pytes
     with pytest.raises(SocrataError) as info:
         make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
     errors.append(info.value)
+    server.faults.clear()
+    server.faults.append(Fault.reset_mid_body(times=100))  # the body-retry path logs and raises too
+    with pytest.raises(SocrataError) as info:
+        make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
+    errors.append(info.value)
 
     assert "Invalid app token ***" in str(errors[0])
+    assert "body broke off" in str(errors[-1]) and "asking again" in captured_logs.text
     for error in errors:
         assert TOKEN not in str(error) and TOKEN not in repr(error) and TOKEN not in str(error.url)
-    assert TOKEN not in caplog.text
+    assert captured_logs.lines and TOKEN not in captured_logs.text
     assert TOKEN not in repr(client)
     assert TOKEN not in repr(SocrataSource(app_token=TOKEN))
 

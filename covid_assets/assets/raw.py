@@ -103,7 +103,7 @@ def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource) -
         return socrata.extract(progress=_progress_logger(context))
     except SocrataError as error:
         hint = (
-            " The API could not be reached: check the network, or load a local export instead "
+            " No complete answer came back from the API: check the network, or load a local export instead "
             "(SOCRATA_SOURCE_FILE, e.g. `./dev offline` for the bundled snapshot)."
             if error.status is None and error.transient
             else ""

@@ -5,7 +5,9 @@ Two ways in, one shape out:
 * :class:`SocrataClient` pages through the SODA JSON API. It asks for the row
   count first so it can fetch pages concurrently, orders by ``:id`` because
   Socrata pages are only stable with ``$order``, and leaves retrying to urllib3's
-  ``Retry`` (backoff with jitter, ``Retry-After``) mounted on a requests session.
+  ``Retry`` (backoff with jitter, ``Retry-After``) mounted on a requests session;
+  a body that breaks off after the headers (urllib3 has returned by then) is
+  asked for again with ``tenacity``, from the same retry budget.
 * :func:`read_export_file` reads a downloaded export (the JSON array, or a CSV in
   the old 8-column or the newer 9-column layout) for offline runs.
 
@@ -35,6 +37,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import requests
+import tenacity
 from pydantic import Field
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
@@ -105,7 +108,8 @@ class FetchStats:
     """What an extract cost: for logs, asset metadata and benchmarks.
 
     `requests` counts logical GETs (count query + pages); `retries` the extra
-    attempts urllib3 made for them; `pages` the page requests (including a
+    attempts made for them (urllib3's, and re-requests of a body that broke
+    off); `pages` the page requests (including a
     final empty page when one was needed to find the end); `bytes` the
     decoded response bodies (or the file size for a file).
     """
@@ -264,6 +268,25 @@ def _retries_used(response: requests.Response) -> int:
     """Retries urllib3 made before this response (kept on the raw response's Retry)."""
     retry = getattr(response.raw, "retries", None)
     return len(retry.history) if retry is not None else 0
+
+
+class _BodyBrokeOff(Exception):
+    """The headers arrived but the body did not arrive whole (reset, read timeout, cut stream).
+
+    urllib3's `Retry` has already returned by then (requests reads the body afterwards),
+    so `_Fetch.get` retries these itself.
+    """
+
+    def __init__(self, cause: requests.RequestException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class _Attempts:
+    """HTTP requests sent for one logical GET, over urllib3's retries and ours."""
+
+    def __init__(self) -> None:
+        self.sent = 0
 
 
 class SocrataClient:
@@ -592,27 +615,68 @@ class _Fetch:
             )
 
     def get(self, url: str) -> requests.Response:
-        """One logical GET (urllib3 retries inside it); non-200 final answers become SocrataError."""
+        """One logical GET, retried; non-200 final answers become SocrataError.
+
+        urllib3 retries until a response's headers arrive (transient statuses,
+        resets, timeouts). A body that then breaks off (connection dropped or read
+        timeout mid-body) is requested again here, with the same backoff. Both
+        draw on one budget: once `max_retries` retries have been made in total,
+        a broken body is not asked for again.
+        """
+        if self.cancelled.is_set():
+            raise self.error(f"GET {url} cancelled because another page failed")
+        client = self.client
+        attempts = _Attempts()
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_BodyBrokeOff),
+            stop=lambda state: attempts.sent - 1 >= client.max_retries or self.cancelled.is_set(),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=client.backoff_factor, max=client.backoff_max_s, jitter=client.backoff_factor
+            ),
+            sleep=self.cancelled.wait,  # a failure elsewhere cuts the wait short
+            before_sleep=lambda state: log.warning(
+                "GET %s: %s; asking again (%d of %d retries used)",
+                url, client._redact(str(state.outcome.exception())), attempts.sent - 1, client.max_retries,
+            ),
+            reraise=True,
+        )
+        try:
+            response = retrying(self._attempt, url, attempts)
+        except _BodyBrokeOff as exc:
+            raise self.error(
+                f"GET {url} failed after {attempts.sent} attempt(s): the response body broke off: {exc}",
+                url=url, transient=True,
+            ) from None
+        except requests.RequestException as exc:
+            cause, _ = _transport_cause(exc)
+            raise self.error(f"GET {url} failed after {attempts.sent} attempt(s): {cause}", url=url, transient=True) from None
+        finally:
+            with self.lock:
+                self.requests += 1
+                self.retries += max(attempts.sent - 1, 0)
+        with self.lock:
+            self.bytes += len(response.content)
+        if response.status_code != 200:
+            raise self._status_error(url, response, attempts.sent)
+        return response
+
+    def _attempt(self, url: str, attempts: _Attempts) -> requests.Response:
+        """One requests GET (with urllib3's retries inside), its body read to the end."""
         if self.cancelled.is_set():
             raise self.error(f"GET {url} cancelled because another page failed")
         timeout = (self.client.connect_timeout_s, self.client.read_timeout_s)
         try:
-            response = self.session.get(url, timeout=timeout)
-            body_len = len(response.content)
+            response = self.session.get(url, timeout=timeout, stream=True)
         except requests.RequestException as exc:
-            cause, exhausted = _transport_cause(exc)
-            attempts = self.client.max_retries + 1 if exhausted else 1
-            with self.lock:
-                self.requests += 1
-                self.retries += attempts - 1
-            raise self.error(f"GET {url} failed after {attempts} attempt(s): {cause}", url=url, transient=True) from None
-        retries = _retries_used(response)
-        with self.lock:
-            self.requests += 1
-            self.retries += retries
-            self.bytes += body_len
-        if response.status_code != 200:
-            raise self._status_error(url, response, retries + 1)
+            _, exhausted = _transport_cause(exc)
+            attempts.sent += self.client.max_retries + 1 if exhausted else 1
+            raise
+        attempts.sent += _retries_used(response) + 1
+        try:
+            response.content  # noqa: B018 - reads and keeps the whole body
+        except requests.RequestException as exc:
+            response.close()
+            raise _BodyBrokeOff(exc) from exc
         return response
 
     def _status_error(self, url: str, response: requests.Response, attempts: int) -> SocrataError:
@@ -724,8 +788,8 @@ class SocrataSource(dg.ConfigurableResource):
         default=None, description="Read this local export (JSON or CSV, optionally gzipped) instead of the API"
     )
 
-    def client(self) -> SocrataClient:
-        return SocrataClient(
+    def client(self, **overrides: Any) -> SocrataClient:
+        settings = dict(
             base_url=self.base_url,
             dataset_id=self.dataset_id,
             app_token=self.app_token,
@@ -736,10 +800,14 @@ class SocrataSource(dg.ConfigurableResource):
             max_retries=self.max_retries,
             backoff_factor=self.backoff_factor,
         )
+        return SocrataClient(**{**settings, **overrides})
 
     def signature(self) -> SourceSignature | None:
         """What the API says about the data now (None for a local file: its content is the evidence)."""
-        return None if self.source_file else self.client().signature()
+        if self.source_file:
+            return None
+        # Cheap evidence only: on trouble, fail fast and let the full fetch (with all its retries) decide.
+        return self.client(max_retries=min(self.max_retries, 1)).signature()
 
     def extract(self, progress: ProgressFn | None = None) -> Extract:
         """The full raw table; progress is reported for API fetches only."""

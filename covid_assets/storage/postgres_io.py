@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -102,7 +102,9 @@ class PostgresClient(DbClient):
                 yield connection
                 connection.commit()
             except BaseException:
-                connection.rollback()
+                # A lost connection cannot roll back (the server already did): keep the real error.
+                with suppress(adbc.Error):
+                    connection.rollback()
                 raise
 
     @staticmethod
