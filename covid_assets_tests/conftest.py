@@ -49,3 +49,17 @@ def _with_database(url: str, database: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     info["dbname"] = database
     return psycopg.conninfo.make_conninfo(**info)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Show what tests recorded with `record_property` (run ids, ticks, row counts) in the CI log."""
+    recorded = [
+        (report.nodeid, value)
+        for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+        if report.when == "call"
+        for _, value in report.user_properties
+    ]
+    if recorded:
+        terminalreporter.section("recorded by tests")
+        for nodeid, value in recorded:
+            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {value}")
