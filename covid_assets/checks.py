@@ -49,63 +49,65 @@ WARNING_CHECKS = {
     ],
 )
 def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
-    with warehouse.connect() as connection:
+    def one(query: str, *literals: object) -> tuple:
+        values = [value if isinstance(value, sql.Composable) else sql.Literal(value) for value in literals]
+        return warehouse.query(sql.SQL(query).format(*values, table=BASE_TABLE))[0]
 
-        def one(query: str, *params: object) -> tuple:
-            return connection.execute(sql.SQL(query).format(table=BASE_TABLE), params).fetchone()
+    duplicates, null_keys = one(
+        "SELECT count(*) - count(DISTINCT (state, overall_outcome, date)), "
+        "count(*) FILTER (WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL) FROM {table}"
+    )
+    yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
+                  duplicate_keys=duplicates, null_keys=null_keys)
 
-        duplicates, null_keys = one(
-            "SELECT count(*) - count(DISTINCT (state, overall_outcome, date)), "
-            "count(*) FILTER (WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL) FROM {table}"
-        )
-        yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
-                      duplicate_keys=duplicates, null_keys=null_keys)
+    (bad_outcomes,) = one("SELECT count(*) FROM {table} WHERE overall_outcome NOT IN ({})", _values(OUTCOMES))
+    yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
 
-        (bad_outcomes,) = one("SELECT count(*) FROM {table} WHERE NOT (overall_outcome = ANY(%s))", list(OUTCOMES))
-        yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
+    first, last, out_of_range = one(
+        "SELECT min(date), max(date), count(*) FILTER (WHERE date < {} OR date > current_date) FROM {table}",
+        EARLIEST_DATE,
+    )
+    yield _result("dates_in_range", out_of_range == 0, rows_out_of_range=out_of_range,
+                  first_date=str(first), last_date=str(last))
 
-        first, last, out_of_range = one(
-            "SELECT min(date), max(date), count(*) FILTER (WHERE date < %s OR date > current_date) FROM {table}",
-            EARLIEST_DATE,
-        )
-        yield _result("dates_in_range", out_of_range == 0, rows_out_of_range=out_of_range,
-                      first_date=str(first), last_date=str(last))
+    (unknown,) = one(
+        "SELECT coalesce(string_agg(DISTINCT state, ', '), '') FROM {table} WHERE state NOT IN ({})",
+        _values(sorted(KNOWN_JURISDICTIONS)),
+    )
+    yield _result("states_are_known_jurisdictions", not unknown, unknown_states=unknown or "none")
 
-        (unknown,) = one(
-            "SELECT coalesce(array_agg(DISTINCT state), '{{}}') FROM {table} WHERE NOT (state = ANY(%s))",
-            sorted(KNOWN_JURISDICTIONS),
-        )
-        yield _result("states_are_known_jurisdictions", not unknown, unknown_states=", ".join(unknown) or "none")
+    (rows,) = one("SELECT count(*) FROM {table}")
+    accepted = _accepted_base_rows(context)
+    yield _result("row_count_matches_accepted_load", rows > 0 and (accepted is None or rows == accepted),
+                  row_count=rows, accepted_by_guard=accepted if accepted is not None else "unknown")
 
-        (rows,) = one("SELECT count(*) FROM {table}")
-        accepted = _accepted_base_rows(context)
-        yield _result("row_count_matches_accepted_load", rows > 0 and (accepted is None or rows == accepted),
-                      row_count=rows, accepted_by_guard=accepted if accepted is not None else "unknown")
+    negative, worst = _negative_counts(warehouse)
+    yield _warning("negative_daily_counts", negative, negative_daily_counts=negative, worst_rows=MetadataValue.md(worst))
 
-        negative, worst = _negative_counts(connection)
-        yield _warning("negative_daily_counts", negative, negative_daily_counts=negative, worst_rows=MetadataValue.md(worst))
+    (decreasing,) = one(
+        "SELECT count(*) FROM (SELECT total_results_reported - lag(total_results_reported) OVER "
+        "(PARTITION BY state, overall_outcome ORDER BY date) AS change FROM {table}) t WHERE change < 0"
+    )
+    yield _warning("cumulative_totals_decrease", decreasing, rows_with_decreasing_total=decreasing)
 
-        (decreasing,) = one(
-            "SELECT count(*) FROM (SELECT total_results_reported - lag(total_results_reported) OVER "
-            "(PARTITION BY state, overall_outcome ORDER BY date) AS change FROM {table}) t WHERE change < 0"
-        )
-        yield _warning("cumulative_totals_decrease", decreasing, rows_with_decreasing_total=decreasing)
+    lagging = warehouse.query(
+        sql.SQL(
+            "SELECT state, max(date) AS latest FROM {table} GROUP BY state "
+            "HAVING max(date) < (SELECT max(date) FROM {table}) - {lag} ORDER BY latest, state"
+        ).format(table=BASE_TABLE, lag=sql.Literal(RAGGED_LAG_DAYS))
+    )
+    yield _warning("ragged_reporting", len(lagging), lagging_states=len(lagging),
+                   states=", ".join(f"{state} ({latest})" for state, latest in lagging) or "none")
 
-        lagging = connection.execute(
-            sql.SQL(
-                "SELECT state, max(date) AS latest FROM {table} GROUP BY state "
-                "HAVING max(date) < (SELECT max(date) FROM {table}) - %s ORDER BY latest, state"
-            ).format(table=BASE_TABLE),
-            (RAGGED_LAG_DAYS,),
-        ).fetchall()
-        yield _warning("ragged_reporting", len(lagging), lagging_states=len(lagging),
-                       states=", ".join(f"{state} ({latest})" for state, latest in lagging) or "none")
+
+def _values(items) -> sql.Composed:
+    return sql.SQL(", ").join(map(sql.Literal, items))
 
 
 SUMMARY_TOTAL_QUERIES = {
-    "outcome_results": "SELECT sum(total_results_reported) FROM {table}",
-    "state_results": "SELECT sum(total_tests) FROM {table}",
-    "smoothed_results": "SELECT sum(positive_tests + negative_tests + inconclusive_tests) FROM {table}",
+    "outcome_results": "SELECT sum(total_results_reported)::bigint FROM {table}",
+    "state_results": "SELECT sum(total_tests)::bigint FROM {table}",
+    "smoothed_results": "SELECT sum(positive_tests + negative_tests + inconclusive_tests)::bigint FROM {table}",
 }
 
 
@@ -123,40 +125,36 @@ def _summary_specs() -> Iterator[AssetCheckSpec]:
 
 @multi_asset_check(specs=list(_summary_specs()), can_subset=True)
 def summary_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
-    selected = context.selected_asset_check_keys
-    with warehouse.connect() as connection:
-        base_total = connection.execute(
-            sql.SQL("SELECT coalesce(sum(new_results_reported), 0) FROM {}").format(BASE_TABLE)
-        ).fetchone()[0]
-        for check_key in selected:
-            name = check_key.asset_key.path[-1]
-            table = sql.Identifier(SCHEMA, name)
-            key_columns = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_PRIMARY_KEYS[name]))
-            if check_key.name == "not_empty":
-                (rows,) = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
-                yield _result("not_empty", rows > 0, asset_key=check_key.asset_key, row_count=rows)
-            elif check_key.name == "key_unique":
-                (duplicates,) = connection.execute(
-                    sql.SQL("SELECT count(*) - count(DISTINCT ({})) FROM {}").format(key_columns, table)
-                ).fetchone()
-                yield _result("key_unique", duplicates == 0, asset_key=check_key.asset_key, duplicate_keys=duplicates)
-            else:
-                (total,) = connection.execute(sql.SQL(SUMMARY_TOTAL_QUERIES[name]).format(table=table)).fetchone()
-                total = total or 0
-                yield AssetCheckResult(
-                    asset_key=check_key.asset_key, check_name="reconciles_with_base", passed=total == base_total,
-                    severity=AssetCheckSeverity.WARN,
-                    metadata={"summary_total": int(total), "base_total": int(base_total), "difference": int(total - base_total)},
-                )
+    (base_total,) = warehouse.query(sql.SQL("SELECT coalesce(sum(new_results_reported), 0)::bigint FROM {}").format(BASE_TABLE))[0]
+    for check_key in context.selected_asset_check_keys:
+        name = check_key.asset_key.path[-1]
+        table = sql.Identifier(SCHEMA, name)
+        key_columns = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_PRIMARY_KEYS[name]))
+        if check_key.name == "not_empty":
+            (rows,) = warehouse.query(sql.SQL("SELECT count(*) FROM {}").format(table))[0]
+            yield _result("not_empty", rows > 0, asset_key=check_key.asset_key, row_count=rows)
+        elif check_key.name == "key_unique":
+            (duplicates,) = warehouse.query(
+                sql.SQL("SELECT count(*) - count(DISTINCT ({})) FROM {}").format(key_columns, table)
+            )[0]
+            yield _result("key_unique", duplicates == 0, asset_key=check_key.asset_key, duplicate_keys=duplicates)
+        else:
+            (total,) = warehouse.query(sql.SQL(SUMMARY_TOTAL_QUERIES[name]).format(table=table))[0]
+            total = total or 0
+            yield AssetCheckResult(
+                asset_key=check_key.asset_key, check_name="reconciles_with_base", passed=total == base_total,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"summary_total": int(total), "base_total": int(base_total), "difference": int(total - base_total)},
+            )
 
 
-def _negative_counts(connection) -> tuple[int, str]:
-    rows = connection.execute(
+def _negative_counts(warehouse: WarehouseResource) -> tuple[int, str]:
+    rows = warehouse.query(
         sql.SQL(
             "SELECT state, overall_outcome, date, new_results_reported, count(*) OVER () FROM {} "
             "WHERE new_results_reported < 0 ORDER BY new_results_reported, state, date LIMIT 5"
         ).format(BASE_TABLE)
-    ).fetchall()
+    )
     table = "\n".join(f"| {s} | {o} | {d} | {n:,} |" for s, o, d, n, _ in rows)
     return (rows[0][4] if rows else 0), "| state | outcome | date | new results |\n|---|---|---|---|\n" + table
 

@@ -10,8 +10,7 @@ import os
 from dagster import EnvVar
 
 from covid_assets.sources.socrata import SocrataSource
-from covid_assets.storage.postgres_io import PostgresPandasIOManager
-from covid_assets.storage.warehouse import WarehouseResource
+from covid_assets.storage.postgres_io import warehouse_resources
 
 
 def _secret(name: str) -> EnvVar | None:
@@ -29,9 +28,7 @@ def build_resources() -> dict[str, object]:
         }.items()
         if os.getenv(variable)
     }
-    database_url = _secret("COVID_DB_URL") or ""
     return {
-        "io_manager": PostgresPandasIOManager(database_url=database_url),
-        "warehouse": WarehouseResource(database_url=database_url),
+        **warehouse_resources(_secret("COVID_DB_URL") or ""),
         "socrata": SocrataSource(app_token=_secret("SOCRATA_APP_TOKEN"), **socrata_settings),
     }

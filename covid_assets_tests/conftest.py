@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from covid_assets.storage.postgres_io import libpq_url
+from covid_assets.storage.warehouse import libpq_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -44,7 +44,7 @@ import requests
 import yaml
 from psycopg import sql
 
-from covid_assets.storage.postgres_io import libpq_url
+from covid_assets.storage.warehouse import libpq_url
 
 REPO = Path(__file__).parents[1]
 SNAPSHOT = REPO / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"

@@ -15,8 +15,7 @@ from dagster import AssetKey, materialize
 
 from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
-from covid_assets.storage.postgres_io import PostgresPandasIOManager
-from covid_assets.storage.warehouse import WarehouseResource
+from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
 
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
@@ -36,8 +35,7 @@ def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = Tru
     return materialize(
         [*defs.assets, *defs.asset_checks],
         resources={
-            "io_manager": PostgresPandasIOManager(database_url=url),
-            "warehouse": WarehouseResource(database_url=url),
+            **warehouse_resources(url),
             "socrata": socrata,
         },
         raise_on_error=raise_on_error,

@@ -34,7 +34,7 @@ from psycopg import sql
 
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.embedded import stop_embedded_postgres
-from covid_assets.storage.postgres_io import PostgresPandasIOManager
+from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets.storage.warehouse import WarehouseResource
 from covid_assets_tests.conftest import _with_database
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
@@ -49,11 +49,6 @@ RAW, BASE = TABLES[0], TABLES[1]
 SUMMARIES = TABLES[2:]
 ALL_ASSETS = {table.split(".")[1] for table in TABLES}
 MAX_RETRIES = 3
-RAW_COMMITS_FIRST = (
-    "The raw asset commits its table in its own step, before the base table is written: a run that "
-    "dies after that step leaves the new delivery in covid_19_raw.raw_covid_test_results while every "
-    "other table keeps the old data (per-table atomicity, not per-run)."
-)
 
 
 # ---------------------------------------------------------------------------------------
@@ -529,7 +524,8 @@ class Hammer:
 def test_readers_never_see_an_empty_or_partial_table_during_a_refresh(
     loaded: Loaded, grown_rows: list[dict[str, str]]
 ) -> None:
-    """Stored: four jurisdictions. Refresh: five. Readers see old or new counts, never anything between."""
+    """Stored: four jurisdictions. Refresh: five. Readers see old or new counts, never anything between,
+    and a run's tables switch together at its commit (mid-run, every table still reads old)."""
     tables = (RAW, BASE, "covid_19.state_results")
     old = tuple(loaded.before[table][0] for table in tables)
     new = (len(grown_rows), len(grown_rows), len(STATES) + 1)
@@ -545,7 +541,7 @@ def test_readers_never_see_an_empty_or_partial_table_during_a_refresh(
         time.sleep(0.2)
         mid_write["base"] = counts()
         base_held.release()
-        summary_held.wait_for_writer()  # the base table is committed; state_results is being replaced
+        summary_held.wait_for_writer()  # base written (uncommitted); state_results is being replaced
         time.sleep(0.2)
         mid_write["state_results"] = counts()
         summary_held.release()
@@ -560,7 +556,7 @@ def test_readers_never_see_an_empty_or_partial_table_during_a_refresh(
     conductor.check()
     assert result.success, failure_message(result)
     assert hammer.error is None
-    assert mid_write == {"base": (new[0], old[1], old[2]), "state_results": (new[0], new[1], old[2])}
+    assert mid_write == {"base": old, "state_results": old}
     assert len(hammer.seen) > 100
     for position, table in enumerate(tables):
         observed = {sample[position] for sample in hammer.seen}
@@ -743,10 +739,9 @@ def test_database_restart_in_the_raw_write_fails_clearly_and_leaves_every_table(
     assert count(died.url, BASE) == len(grown_rows)
 
 
-@pytest.mark.xfail(strict=True, reason=RAW_COMMITS_FIRST)
 @pytest.mark.parametrize("died", ["killed_mid_base_write", "restarted_mid_base_write"])
 def test_a_run_that_dies_in_the_base_write_leaves_the_raw_table_as_it_was(died: str, request: pytest.FixtureRequest) -> None:
-    """The issue asks that a failed run leave *every* table as it was; today the raw table already holds the new delivery."""
+    """A failed run leaves *every* table as it was: the raw write of the same run is rolled back too."""
     outcome: Died = request.getfixturevalue(died)
     assert outcome.after[RAW] == outcome.before[RAW]
 
@@ -796,9 +791,8 @@ def test_hostile_table_schema_and_column_names_are_quoted_not_executed(warehouse
     def reader(stored: pd.DataFrame) -> None:
         loaded_back.append(stored)
 
-    io_manager = PostgresPandasIOManager(database_url=warehouse_url)
     for _ in range(2):  # the first run creates the table, the second replaces its rows
-        assert materialize([writer, reader], resources={"io_manager": io_manager}).success
+        assert materialize([writer, reader], resources=warehouse_resources(warehouse_url)).success
     assert rows(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
     assert rows(
         warehouse_url, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name LIKE 't%DROP%'"

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from dagster import AssetIn, AssetKey, asset, materialize
 
-from covid_assets.storage.postgres_io import PostgresPandasIOManager
+from covid_assets.storage.postgres_io import warehouse_resources
 
 DATE = pd.ArrowDtype(pa.date32())
 
@@ -41,7 +41,7 @@ def store_and_load(url: str, frame: pd.DataFrame, key_prefix: str = "scratch", *
     def reader(stored: pd.DataFrame) -> None:
         loaded["frame"] = stored
 
-    result = materialize([stored, reader], resources={"io_manager": PostgresPandasIOManager(database_url=url)})
+    result = materialize([stored, reader], resources=warehouse_resources(url))
     assert result.success
     return loaded["frame"]
 
@@ -118,7 +118,7 @@ def keyed_frame(keys: list[str]) -> pd.DataFrame:
 def materialize_keyed(url: str, frame: pd.DataFrame, raise_on_error: bool = True):
     return materialize(
         [keyed_asset(frame)],
-        resources={"io_manager": PostgresPandasIOManager(database_url=url)},
+        resources=warehouse_resources(url),
         raise_on_error=raise_on_error,
     )
 
@@ -219,7 +219,7 @@ def test_hostile_configured_schema_name_is_quoted_not_executed(warehouse_url: st
     def stored() -> pd.DataFrame:
         return keyed_frame(["a"])
 
-    materialize([stored], resources={"io_manager": PostgresPandasIOManager(database_url=warehouse_url)})
+    materialize([stored], resources=warehouse_resources(warehouse_url))
     assert query(warehouse_url, "SELECT count(*) FROM public.victim") == [(0,)]
     assert query(warehouse_url, "SELECT schemaname FROM pg_tables WHERE tablename = 'stored'") == [(hostile,)]
 
@@ -230,6 +230,6 @@ def test_none_output_is_rejected(warehouse_url: str) -> None:
         return None  # type: ignore[return-value]
 
     with pytest.raises(Exception, match="None"):
-        materialize([nothing], resources={"io_manager": PostgresPandasIOManager(database_url=warehouse_url)})
+        materialize([nothing], resources=warehouse_resources(warehouse_url))
 
 

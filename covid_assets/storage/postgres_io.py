@@ -3,8 +3,8 @@
 Three small pieces plug into Dagster's `DbIOManager` (which maps an asset key
 `[schema, table]` to a table and handles column selection):
 
-* `PostgresClient` opens one ADBC connection per write and runs the whole replace in
-  one transaction, so readers see the old rows until the commit, then the new ones.
+* `PostgresClient` hands out the run's warehouse transaction (`storage/warehouse.py`): every
+  table a run replaces becomes visible at once when the run commits, and none if it fails.
 * `PandasArrowTypeHandler` converts a DataFrame to Arrow, keeps the table's DDL in step
   with it, and bulk-loads with ADBC's `adbc_ingest` (binary COPY underneath).
 * `PostgresPandasIOManager` is the configurable resource users wire into `Definitions`.
@@ -14,10 +14,8 @@ Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from functools import lru_cache
+from contextlib import contextmanager
 
 import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
@@ -32,9 +30,8 @@ from dagster import (
 )
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
-from pydantic import Field
 
-from covid_assets.storage.embedded import start_embedded_postgres
+from covid_assets.storage.warehouse import WarehouseResource
 
 PRIMARY_KEY_METADATA = "primary_key"
 COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
@@ -62,21 +59,6 @@ _PANDAS_DTYPES: dict[pa.DataType, object] = {
 }
 
 
-def libpq_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as plain libpq ones."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
-
-
-@lru_cache(maxsize=None)
-def _embedded_url() -> str:
-    return start_embedded_postgres()
-
-
-def resolve_database_url(configured: str | None) -> str:
-    """The configured warehouse URL, or the embedded server's when none is configured."""
-    return libpq_url(configured) if configured else _embedded_url()
-
-
 def qualified_name(table_slice: TableSlice) -> sql.Identifier:
     return sql.Identifier(table_slice.schema, table_slice.table)
 
@@ -91,21 +73,15 @@ def select_statement(table_slice: TableSlice) -> sql.Composed:
 
 
 class PostgresClient(DbClient):
-    """Connections and table-level statements; one transaction per `connect`."""
+    """Table-level statements, all inside the run's warehouse transaction."""
 
-    @staticmethod
+    def __init__(self, warehouse: WarehouseResource) -> None:
+        self.warehouse = warehouse
+
     @contextmanager
-    def connect(context: OutputContext | InputContext, table_slice: TableSlice) -> Iterator[adbc.Connection]:
-        url = resolve_database_url(context.resource_config.get("database_url"))
-        with adbc.connect(url) as connection:
-            try:
-                yield connection
-                connection.commit()
-            except BaseException:
-                # A lost connection cannot roll back (the server already did): keep the real error.
-                with suppress(adbc.Error):
-                    connection.rollback()
-                raise
+    def connect(self, context: OutputContext | InputContext, table_slice: TableSlice) -> Iterator[adbc.Connection]:
+        with self.warehouse.transaction() as connection:
+            yield connection
 
     @staticmethod
     def ensure_schema_exists(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
@@ -249,19 +225,25 @@ def _execute(connection: adbc.Connection, statement: sql.Composable) -> None:
 class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     """Stores each asset as the Postgres table `<key prefix>.<asset name>`.
 
-    Leave `database_url` empty to use the embedded Postgres (see `storage/embedded.py`).
+    `warehouse` is the run's transaction (`storage/warehouse.py`; empty URL = embedded Postgres).
     Declare a primary key with asset metadata `{"primary_key": ["col", ...]}` and column
     descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
     with `AssetIn(metadata={"columns": [...]})`.
     """
 
-    database_url: str = Field(default="", description="libpq URL of the warehouse; empty = embedded Postgres.")
+    warehouse: WarehouseResource
 
     def create_io_manager(self, context) -> DbIOManager:
         return DbIOManager(
             type_handlers=[PandasArrowTypeHandler()],
-            db_client=PostgresClient(),
+            db_client=PostgresClient(self.warehouse),
             database="",
             io_manager_name="PostgresPandasIOManager",
             default_load_type=pd.DataFrame,
         )
+
+
+def warehouse_resources(database_url: object = "") -> dict[str, object]:
+    """The IO manager and the guards/checks resource, sharing one run transaction."""
+    warehouse = WarehouseResource(database_url=database_url)
+    return {"io_manager": PostgresPandasIOManager(warehouse=warehouse), "warehouse": warehouse}
