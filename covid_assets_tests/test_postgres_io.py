@@ -192,6 +192,24 @@ def test_readers_see_old_or_new_rows_never_partial(warehouse_url: str) -> None:
     assert seen == set(sizes)
 
 
+def test_keyed_replace_touches_only_changed_rows_and_ends_equal_to_the_frame(warehouse_url: str) -> None:
+    old = keyed_frame(["same", "same-null", "changed", "gone"])
+    old.loc[1, "v"] = pd.NA
+    materialize_keyed(warehouse_url, old)
+    before = dict(query(warehouse_url, "SELECT k, xmin::text FROM scratch.keyed"))
+
+    new = keyed_frame(["same", "same-null", "changed", "added"])
+    new["v"] = pd.array([0, None, 99, 7], dtype="Int64")
+    materialize_keyed(warehouse_url, new)
+
+    stored = query(warehouse_url, "SELECT k, v FROM scratch.keyed ORDER BY k")
+    assert stored == [("added", 7), ("changed", 99), ("same", 0), ("same-null", None)]
+    after = dict(query(warehouse_url, "SELECT k, xmin::text FROM scratch.keyed"))
+    assert after["same"] == before["same"] and after["same-null"] == before["same-null"]  # not rewritten
+    assert after["changed"] != before["changed"]
+    assert query(warehouse_url, "SELECT count(*) FROM pg_tables WHERE starts_with(tablename, 'stage_')") == [(0,)]
+
+
 def test_concurrent_writers_take_turns(warehouse_url: str) -> None:
     """Two runs writing the same table at once: the table ends up as one of them, whole."""
     materialize_keyed(warehouse_url, keyed_frame(["seed"]))

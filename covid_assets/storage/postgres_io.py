@@ -14,6 +14,7 @@ Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -89,7 +90,7 @@ class PostgresClient(DbClient):
 
     @staticmethod
     def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
-        """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit.
+        """Only claims the table: the type handler replaces its rows (see `replace_rows`).
 
         Writers of the same table take turns (a transaction-scoped advisory lock), so two runs
         started at once replace the table one after the other instead of mixing their rows.
@@ -98,8 +99,6 @@ class PostgresClient(DbClient):
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (qualified_name(table_slice).as_string(),))
             cursor.fetchall()
-        if _table_exists(connection, table_slice):
-            _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)))
 
     @staticmethod
     def get_select_statement(table_slice: TableSlice) -> str:
@@ -123,13 +122,59 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
         table, column_types = to_postgres_arrow(obj)
         definition = context.definition_metadata or {}
         primary_key = list(definition.get(PRIMARY_KEY_METADATA) or [])
-        _sync_table_definition(connection, table_slice, column_types, primary_key)
-        with connection.cursor() as cursor:
-            cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
+        created = _sync_table_definition(connection, table_slice, column_types, primary_key)
+        if primary_key and not created:
+            merge_rows(connection, table_slice, table, primary_key)
+        else:
+            replace_rows(connection, table_slice, table, delete_first=not created)
         return table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {})
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: adbc.Connection) -> pd.DataFrame:
         return read_frame(connection, table_slice)
+
+
+def replace_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.Table, delete_first: bool) -> None:
+    """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit."""
+    if delete_first:
+        _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)))
+    with connection.cursor() as cursor:
+        cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
+
+
+def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.Table, primary_key: list[str]) -> None:
+    """Make a keyed table equal to `table`, touching only the rows that differ.
+
+    A daily refresh changes few rows: deleting every row and re-inserting it would rebuild
+    the whole key index and leave a table's worth of dead rows behind. Instead the new rows
+    are bulk-loaded into a temporary table, rows that vanished or changed are deleted, and
+    the missing ones inserted. The result is the same as a full replace, in the same transaction.
+    """
+    target = qualified_name(table_slice)
+    stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # any table name is safe
+    stage = sql.Identifier(stage_name)
+    _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(stage, target))
+    with connection.cursor() as cursor:
+        cursor.adbc_ingest(stage_name, table, mode="append", temporary=True)
+    key_matches = sql.SQL(" AND ").join(
+        sql.SQL("s.{0} = t.{0}").format(sql.Identifier(column)) for column in primary_key
+    )
+    values_match = sql.SQL(" AND ").join(
+        [key_matches]
+        + [sql.SQL("s.{0} IS NOT DISTINCT FROM t.{0}").format(sql.Identifier(column))
+           for column in table.column_names if column not in primary_key]
+    )
+    _execute(connection, sql.SQL("DELETE FROM {} t WHERE NOT EXISTS (SELECT FROM {} s WHERE {})").format(target, stage, values_match))
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(target).as_string())
+        (kept,) = cursor.fetchone()
+    if kept < table.num_rows:  # every kept row equals a new row; insert the rest
+        _execute(
+            connection,
+            sql.SQL("INSERT INTO {} SELECT * FROM {} s WHERE NOT EXISTS (SELECT FROM {} t WHERE {})").format(
+                target, stage, target, key_matches
+            ),
+        )
+    _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
 
 
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
@@ -176,18 +221,19 @@ def table_metadata(
 
 def _sync_table_definition(
     connection: adbc.Connection, table_slice: TableSlice, column_types: Mapping[str, str], primary_key: list[str]
-) -> None:
-    """Rebuild the table (inside the caller's transaction) only when its shape changed."""
+) -> bool:
+    """Rebuild the table (inside the caller's transaction) only when its shape changed; True if (re)built."""
     if missing := [column for column in primary_key if column not in column_types]:
         raise ValueError(f"primary key columns {missing} are not in the frame for {table_slice.schema}.{table_slice.table}")
     if _current_definition(connection, table_slice) == (dict(column_types), primary_key):
-        return
+        return False
     name = qualified_name(table_slice)
     columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]
     if primary_key:
         columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
     _execute(connection, sql.SQL("DROP TABLE IF EXISTS {}").format(name))
     _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
+    return True
 
 
 _DEFINITION_QUERY = """
@@ -209,12 +255,6 @@ def _current_definition(connection: adbc.Connection, table_slice: TableSlice) ->
     columns = {name: _TYPE_ALIASES.get(pg_type, pg_type) for name, pg_type, _, _ in rows}
     primary_key = [name for name, _, in_key, position in sorted(rows, key=lambda row: row[3] or 0) if in_key]
     return columns, primary_key
-
-
-def _table_exists(connection: adbc.Connection, table_slice: TableSlice) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regclass($1) IS NOT NULL", (qualified_name(table_slice).as_string(),))
-        return bool(cursor.fetchone()[0])
 
 
 def _execute(connection: adbc.Connection, statement: sql.Composable) -> None:
