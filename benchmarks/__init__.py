@@ -1,0 +1,1 @@
+"""The benchmark suite (`./dev bench` = `python benchmarks/run.py`); not part of the test suite."""
