@@ -70,8 +70,7 @@ def raw_covid_test_results(
     context: AssetExecutionContext, config: RawFetchConfig, socrata: SocrataSource, warehouse: WarehouseResource
 ) -> Iterator[Output[pd.DataFrame]]:
     last_load = read_last_load(context) if config.skip_if_unchanged else None
-    stored = read_stored_base(warehouse)
-    still_stored = last_load is not None and stored is not None and stored.row_count == last_load.base_rows
+    still_stored = last_load is not None and warehouse.row_count(*BASE_ASSET_KEY.path) == last_load.base_rows
 
     signature = read_signature(context, socrata)
     if still_stored and signature is not None and signature.rows_updated_at is not None and signature == last_load.signature:
@@ -79,7 +78,7 @@ def raw_covid_test_results(
         return
 
     extract = extract_or_explain(context, socrata)
-    base_rows = gate(extract, stored, config)
+    base_rows = gate(extract, read_stored_base(warehouse), config)
     fingerprint = content_hash(extract.frame)
     if still_stored and fingerprint == last_load.content_hash:
         report_unchanged(context, f"content hash {fingerprint}")
