@@ -24,6 +24,7 @@ from benchmarks.measure import Timing, clean_env, repeat, run_process
 from benchmarks.pg import Postgres
 from benchmarks.report import Row
 from benchmarks.server import ServerProcess
+from covid_assets.assets.tables import ALL_TABLES
 from covid_assets.assets.tables import BASE_ASSET_KEY, PRIMARY_KEY
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
@@ -36,15 +37,7 @@ from covid_assets.sources.socrata import SocrataClient
 from covid_assets.storage.postgres_io import PandasArrowTypeHandler, PostgresClient, to_postgres_arrow
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = [
-    "covid_19_raw.raw_covid_test_results",
-    "covid_19.covid_test_results",
-    "covid_19.outcome_results",
-    "covid_19.state_results",
-    "covid_19.smoothed_results",
-    "covid_19.total_results",
-    "covid_19.recent_positivity_results",
-]
+TABLES = ALL_TABLES
 MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"]
 
 

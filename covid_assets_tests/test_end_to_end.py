@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from dagster import AssetKey, materialize
 
+from covid_assets.assets.tables import ALL_TABLES
 from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
@@ -20,15 +21,7 @@ from covid_assets_tests.fake_socrata import FakeSocrata, Fault
 
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 SNAPSHOT_ROWS = 57_459
-TABLES = [
-    "covid_19_raw.raw_covid_test_results",
-    "covid_19.covid_test_results",
-    "covid_19.outcome_results",
-    "covid_19.state_results",
-    "covid_19.smoothed_results",
-    "covid_19.total_results",
-    "covid_19.recent_positivity_results",
-]
+TABLES = ALL_TABLES
 
 
 def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = True, instance=None, run_config=None):

@@ -16,3 +16,5 @@ SUMMARY_PRIMARY_KEYS = {
     "recent_positivity_results": ["state"],
 }
 SUMMARY_ASSET_KEYS = [AssetKey([SCHEMA, name]) for name in SUMMARY_PRIMARY_KEYS]
+# Every table a full refresh writes, as analysts name them (schema.table), in lineage order.
+ALL_TABLES = [".".join(key.path) for key in (RAW_ASSET_KEY, BASE_ASSET_KEY, *SUMMARY_ASSET_KEYS)]
