@@ -6,7 +6,7 @@ the outcome (a success with its retries counted, or a clear error), and that not
 lost (`table_fingerprints` of all seven tables before and after).
 
 Failures in the middle of a table write are made deterministic with a lock: the test holds an
-uncommitted row whose key the refresh is about to insert (the writer's INSERT then waits on the
+uncommitted row whose key the refresh is about to insert (the writer's COPY then waits on the
 primary key), or a row lock (the writer's DELETE waits on it). While the writer waits inside its
 transaction, the test reads the tables, kills the writing process or restarts the server.
 """
@@ -394,14 +394,14 @@ class HeldWrite:
     """Makes the next replace of `table` wait inside its transaction, until `release()`.
 
     key: an uncommitted row with a primary key the refresh will insert; the writer's DELETE
-    does not see it, and its INSERT of the new keys then waits on that key.
+    does not see it, and its COPY of the new and changed rows then waits on that key.
     key=None: a row lock on the table's last row; the writer's DELETE waits on it after
     marking every other row deleted (for tables without a primary key).
     """
 
     def __init__(self, url: str, table: str, key: dict[str, str] | None = None) -> None:
         self.url, self.table = url, table
-        self.statement = "INSERT" if key else "DELETE"
+        self.statement = "COPY" if key else "DELETE"
         self.connection = psycopg.connect(url)  # a transaction stays open until release()
         schema, name = table.split(".")
         if key:
@@ -419,14 +419,14 @@ class HeldWrite:
             assert locked, f"{table} is empty"
 
     def wait_for_writer(self, timeout_s: float = 60.0, alive: Callable[[], bool] = lambda: True) -> int:
-        """The pid of the backend whose INSERT/DELETE on the table waits on this test's lock."""
+        """The pid of the backend whose COPY/DELETE on the table waits on this test's lock."""
         deadline = time.monotonic() + timeout_s
         with psycopg.connect(self.url, autocommit=True) as watcher:
             while time.monotonic() < deadline and alive():
                 found = watcher.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
                     "AND query ILIKE %s AND query LIKE %s",
-                    (f"{self.statement} %", f'%"{self.table.split(".")[1]}"%'),  # INSERT INTO "covid_19"."covid_test_results" ...
+                    (f"{self.statement} %", f'%"{self.table.split(".")[1]}"%'),  # COPY "covid_19"."covid_test_results" ...
                 ).fetchall()
                 if found:
                     return found[0][0]
@@ -537,7 +537,7 @@ def test_readers_never_see_an_empty_or_partial_table_during_a_refresh(
         return tuple(count(loaded.url, table) for table in tables)
 
     def script() -> None:
-        base_held.wait_for_writer()  # the base replace is inserting its new keys (changed rows already deleted)
+        base_held.wait_for_writer()  # the base merge is copying its new rows (changed rows already deleted)
         time.sleep(0.2)
         mid_write["base"] = counts()
         base_held.release()
@@ -617,7 +617,7 @@ def killed_mid_base_write(
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-            held.release()  # the orphaned backend resumes its INSERT, finds no client, rolls back
+            held.release()  # the orphaned backend resumes its COPY, finds no client, rolls back
     left = wait_until_no_other_sessions(url)
     message = f"exit code {process.returncode}; CLI output ends:\n" + (home / "cli.log").read_text()[-1500:]
     yield Died(url, before, table_fingerprints(url), left, message)

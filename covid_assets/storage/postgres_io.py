@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import (
     ConfigurableIOManagerFactory,
     InputContext,
@@ -142,39 +143,56 @@ def replace_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa
 
 
 def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.Table, primary_key: list[str]) -> None:
-    """Make a keyed table equal to `table`, touching only the rows that differ.
+    """Make a keyed table equal to `table`, writing only the rows that differ.
 
-    A daily refresh changes few rows: deleting every row and re-inserting it would rebuild
-    the whole key index and leave a table's worth of dead rows behind. Instead the new rows
-    are bulk-loaded into a temporary table, rows that vanished or changed are deleted, and
-    the missing ones inserted. The result is the same as a full replace, in the same transaction.
+    A daily refresh revises few rows: deleting every row and re-inserting it would rebuild the
+    whole key index and leave a table's worth of dead rows behind. Instead the stored rows are
+    read back (one Arrow fetch), compared with the new ones by key, and only vanished or
+    changed rows are deleted and only new or changed rows inserted, in the same transaction.
     """
     target = qualified_name(table_slice)
-    stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # any table name is safe
-    stage = sql.Identifier(stage_name)
-    _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(stage, target))
     with connection.cursor() as cursor:
-        cursor.adbc_ingest(stage_name, table, mode="append", temporary=True)
-    key_matches = sql.SQL(" AND ").join(
-        sql.SQL("s.{0} = t.{0}").format(sql.Identifier(column)) for column in primary_key
-    )
-    values_match = sql.SQL(" AND ").join(
-        [key_matches]
-        + [sql.SQL("s.{0} IS NOT DISTINCT FROM t.{0}").format(sql.Identifier(column))
-           for column in table.column_names if column not in primary_key]
-    )
-    _execute(connection, sql.SQL("DELETE FROM {} t WHERE NOT EXISTS (SELECT FROM {} s WHERE {})").format(target, stage, values_match))
-    with connection.cursor() as cursor:
-        cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(target).as_string())
-        (kept,) = cursor.fetchone()
-    if kept < table.num_rows:  # every kept row equals a new row; insert the rest
-        _execute(
-            connection,
-            sql.SQL("INSERT INTO {} SELECT * FROM {} s WHERE NOT EXISTS (SELECT FROM {} t WHERE {})").format(
-                target, stage, target, key_matches
-            ),
-        )
-    _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
+        cursor.execute(sql.SQL("SELECT * FROM {}").format(target).as_string())
+        stored = cursor.fetch_arrow_table().cast(table.schema)
+    inserts, deletes = diff_by_key(stored, table, primary_key)
+    if deletes.num_rows:
+        stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
+        stage = sql.Identifier(stage_name)
+        columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
+        _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
+        with connection.cursor() as cursor:
+            cursor.adbc_ingest(stage_name, deletes, mode="append", temporary=True)
+        matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
+        _execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
+        _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
+    if inserts.num_rows:
+        with connection.cursor() as cursor:
+            cursor.adbc_ingest(table_slice.table, inserts, mode="append", db_schema_name=table_slice.schema)
+
+
+_OLD, _PRESENT = "\x1fold", "\x1fpresent"
+
+
+def diff_by_key(old: pa.Table, new: pa.Table, key: list[str]) -> tuple[pa.Table, pa.Table]:
+    """The rows of `new` to insert and the keys of `old` to delete so that `old` becomes `new`.
+
+    Rows are equal when every column is equal, NULL counting as equal to NULL.
+    """
+    values = [column for column in new.column_names if column not in key]
+    old_side = old.rename_columns([c if c in key else c + _OLD for c in old.column_names])
+    old_side = old_side.append_column(_PRESENT, pa.array([True] * old.num_rows, pa.bool_()))
+    joined = new.join(old_side, keys=key, join_type="left outer")
+    present = joined[_PRESENT].is_valid()
+    unchanged = present
+    for column in values:
+        now, before = joined[column], joined[column + _OLD]
+        same = pc.or_(pc.fill_null(pc.equal(now, before), False), pc.and_(now.is_null(), before.is_null()))
+        unchanged = pc.and_(unchanged, same)
+    changed = pc.invert(unchanged)
+    inserts = joined.filter(changed).select(new.column_names)
+    vanished = old.select(key).join(new.select(key), keys=key, join_type="left anti")
+    revised = joined.filter(pc.and_(changed, present)).select(key)
+    return inserts, pa.concat_tables([vanished.select(key), revised])
 
 
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
