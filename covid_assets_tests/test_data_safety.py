@@ -141,6 +141,20 @@ def test_scheduled_run_on_an_unchanged_file_skips_the_writes(warehouse_url: str)
     assert not any(step.startswith("covid_19__") for step in executed_steps(second))
 
 
+def test_a_rolled_back_run_is_not_taken_for_the_last_load(warehouse_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
+    """A failed run emits its materializations before rolling back; the next scheduled run must not skip."""
+    instance = DagsterInstance.ephemeral()
+    assert materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT)), instance=instance).success
+    bad = snapshot.copy()
+    bad.loc[0, "state"] = "ZZ"  # same row count, fails the blocking jurisdiction check
+    source = SocrataSource(source_file=write_csv(bad, tmp_path / "zz.csv"))
+    first = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG, raise_on_error=False)
+    assert not first.success
+    again = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG, raise_on_error=False)
+    assert not again.success, "the scheduled run skipped a source whose last load was rolled back"
+    assert instance.get_run_by_id(again.run_id).tags.get("covid/source_unchanged") is None
+
+
 def test_skip_requires_the_warehouse_to_still_hold_the_last_load(warehouse_url: str) -> None:
     instance = DagsterInstance.ephemeral()
     source = SocrataSource(source_file=str(SNAPSHOT))

@@ -14,6 +14,7 @@ from dagster import (
     AssetExecutionContext,
     AssetObservation,
     Config,
+    DagsterRunStatus,
     DataVersion,
     Failure,
     MetadataValue,
@@ -139,8 +140,12 @@ def read_signature(context: AssetExecutionContext, socrata: SocrataSource) -> So
 
 
 def read_last_load(context: AssetExecutionContext) -> LastLoad | None:
+    """The last load that was committed: a failed run emits its materializations, then rolls back."""
     event = context.instance.get_latest_materialization_event(RAW_ASSET_KEY)
     if event is None or event.asset_materialization is None:
+        return None
+    run = context.instance.get_run_by_id(event.run_id)
+    if run is None or run.status != DagsterRunStatus.SUCCESS:
         return None
     metadata = event.asset_materialization.metadata
 
