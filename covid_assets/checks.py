@@ -161,7 +161,9 @@ def _negative_counts(warehouse: WarehouseResource) -> tuple[int, str]:
 
 def _accepted_base_rows(context: AssetCheckExecutionContext) -> int | None:
     event = context.instance.get_latest_materialization_event(RAW_ASSET_KEY)
-    entry = event.asset_materialization.metadata.get("base_rows") if event and event.asset_materialization else None
+    if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
+        return None  # the gate did not run in this run: nothing to compare with
+    entry = event.asset_materialization.metadata.get("base_rows")
     return None if entry is None else entry.value
 
 

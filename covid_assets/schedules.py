@@ -30,5 +30,9 @@ def daily_refresh_schedule() -> ScheduleDefinition:
         execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
         run_config=SCHEDULED_RUN_CONFIG,
         default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
-        description="Refreshes every table once a day; the source has no updated-at column, so each run is a full refresh.",
+        description=(
+            "Refreshes every table once a day. The rows carry no updated-at column, so a run that finds the "
+            "source changed reloads it whole; when rowsUpdatedAt, count(*) and the content hash say nothing "
+            "changed, it writes nothing. A manual materialization always refreshes."
+        ),
     )

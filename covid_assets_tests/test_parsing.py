@@ -83,6 +83,8 @@ def test_duplicate_keys_keep_the_last_delivered_and_are_counted() -> None:
     ("override", "problem"),
     [
         ({"date": "2020-13-45"}, "bad date: 1"),
+        ({"date": "2020-03-01xyz"}, "bad date: 1"),
+        ({"new_results_reported": "1e3"}, "non-numeric new_results_reported: 1"),
         ({"date": None}, "missing date: 1"),
         ({"new_results_reported": "12a"}, "non-numeric new_results_reported: 1"),
         ({"total_results_reported": "1.5"}, "non-numeric total_results_reported: 1"),

@@ -270,3 +270,23 @@ def test_diff_by_key_finds_exactly_the_rows_to_delete_and_insert() -> None:
          {"k": "changed", "d": day, "v": 30}, {"k": "added", "d": day, "v": 6}], key=str)
     assert sorted(row["k"] for row in deletes.to_pylist()) == ["changed", "from-null", "gone", "to-null"]
     assert deletes.column_names == ["k", "d"]
+
+
+def test_reordered_columns_rebuild_the_table(warehouse_url: str) -> None:
+    materialize_keyed(warehouse_url, keyed_frame(["a", "b"]))
+    materialize_keyed(warehouse_url, keyed_frame(["c"])[["v", "day", "k"]])
+    assert query(warehouse_url, "SELECT * FROM scratch.keyed") == [(0, dt.date(2021, 1, 1), "c")]
+
+
+def test_the_warehouse_used_outside_a_run_leaves_no_open_transaction(warehouse_url: str) -> None:
+    from covid_assets.storage.warehouse import WarehouseResource
+
+    materialize_keyed(warehouse_url, keyed_frame(["a"]))
+    warehouse = WarehouseResource(database_url=warehouse_url)
+    assert warehouse.row_count("scratch", "keyed") == 1
+    assert warehouse.row_count("scratch", "missing") is None
+    idle = query(
+        warehouse_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND starts_with(state, 'idle in transaction')",
+    )
+    assert idle == [(0,)]

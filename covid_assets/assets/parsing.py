@@ -68,15 +68,17 @@ def _repair_fips(fips: pd.Series, state: pd.Series) -> pd.Series:
 
 def _parse_dates(values: pd.Series) -> pd.Series:
     """Accept Socrata floating timestamps (2020-03-01T00:00:00.000) and both CSV layouts (ISO, YYYY/MM/DD)."""
-    day = values.astype("string").str.strip().str.slice(0, 10).str.replace("/", "-", regex=False)
+    text = values.astype("string").str.strip()
+    well_formed = text.str.fullmatch(r"\d{4}[-/]\d{2}[-/]\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?)?").fillna(False)
+    day = text.where(well_formed).str.slice(0, 10).str.replace("/", "-", regex=False)
     return pd.to_datetime(day, format="%Y-%m-%d", errors="coerce").astype(DATE_DTYPE)
 
 
 def _parse_counts(values: pd.Series) -> pd.Series:
     """Whole numbers, possibly negative; blank means NULL; anything else is left NA for the check."""
     text = _clean_text(values)
-    numbers = pd.to_numeric(text, errors="coerce")
-    return numbers.where(numbers.mod(1) == 0).astype("Float64").astype("Int64")
+    whole = text.str.fullmatch(r"-?\d{1,18}").fillna(False)
+    return text.where(whole).astype("Int64")
 
 
 def _problems(raw: pd.DataFrame, typed: pd.DataFrame) -> dict[str, pd.Series]:

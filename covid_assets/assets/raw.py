@@ -28,7 +28,7 @@ from covid_assets.assets.guards import ShrinkingSourceError, StoredTable, check_
 from covid_assets.assets.parsing import InvalidRowsError, type_test_results
 from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY
 from covid_assets.sources.socrata import Extract, SocrataError, SocrataSource, SourceSignature
-from covid_assets.storage.warehouse import WarehouseResource
+from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 
 class RawFetchConfig(Config):
@@ -145,7 +145,7 @@ def read_last_load(context: AssetExecutionContext) -> LastLoad | None:
     if event is None or event.asset_materialization is None:
         return None
     run = context.instance.get_run_by_id(event.run_id)
-    if run is None or run.status != DagsterRunStatus.SUCCESS:
+    if run is None or run.status != DagsterRunStatus.SUCCESS or COMMIT_FAILED_TAG in run.tags:
         return None
     metadata = event.asset_materialization.metadata
 

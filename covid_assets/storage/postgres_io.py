@@ -243,7 +243,8 @@ def _sync_table_definition(
     """Rebuild the table (inside the caller's transaction) only when its shape changed; True if (re)built."""
     if missing := [column for column in primary_key if column not in column_types]:
         raise ValueError(f"primary key columns {missing} are not in the frame for {table_slice.schema}.{table_slice.table}")
-    if _current_definition(connection, table_slice) == (dict(column_types), primary_key):
+    current_columns, current_key = _current_definition(connection, table_slice)
+    if list(current_columns.items()) == list(column_types.items()) and current_key == primary_key:
         return False
     name = qualified_name(table_slice)
     columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]

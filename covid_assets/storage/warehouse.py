@@ -11,7 +11,7 @@ if it is killed (the server rolls back a transaction whose connection drops).
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import adbc_driver_postgresql.dbapi as adbc
 from dagster import ConfigurableResource, DagsterEventType, InitResourceContext
@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr
 from covid_assets.storage.embedded import start_embedded_postgres
 
 _EMBEDDED_URL: list[str] = []
+COMMIT_FAILED_TAG = "covid/commit_failed"
 
 
 class RunAlreadyFailedError(RuntimeError):
@@ -47,7 +48,7 @@ def resolve_database_url(configured: str | None) -> str:
 class _RunTransaction:
     """One connection and transaction shared by every resource instance of one run."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     users: int = 0
     connection: adbc.Connection | None = None
     failed: BaseException | None = None
@@ -79,6 +80,7 @@ class _RunTransaction:
         finally:
             with suppress(adbc.Error):
                 self.connection.close()
+            self.connection = None
 
 
 # Dagster may build the warehouse more than once per run (top level, and nested in the IO
@@ -93,7 +95,6 @@ class WarehouseResource(ConfigurableResource):
 
     database_url: str = Field(default="", description="libpq URL of the warehouse; empty = embedded Postgres.")
     _run_key: tuple[str, str] | None = PrivateAttr(default=None)
-    _standalone: _RunTransaction | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         key = (context.run_id or "", resolve_database_url(self.database_url))
@@ -108,28 +109,37 @@ class WarehouseResource(ConfigurableResource):
             if run.users:
                 return
             del _RUNS[self._run_key]
-        commit = run.failed is None and not run_has_failed(context)
-        run.finish(commit)
-        if run.connection is not None and not commit and context.log is not None:
+        if run.connection is None:
+            return
+        try:
+            commit = run.failed is None and not run_has_failed(context)
+        except Exception:
+            run.finish(False)
+            raise
+        try:
+            run.finish(commit)  # closes the connection whatever happens
+        except Exception as error:
+            if context.instance is not None and context.dagster_run is not None:
+                context.instance.add_run_tags(context.dagster_run.run_id, {COMMIT_FAILED_TAG: "true"})
+            raise RuntimeError(f"committing the run's warehouse transaction failed, nothing was written: {error}") from error
+        if not commit and context.log is not None:
             context.log.error("The run failed: none of its warehouse writes were committed; every table is as it was.")
 
     @contextmanager
     def transaction(self) -> Iterator[adbc.Connection]:
         """The run's connection; an error inside aborts the whole run's transaction."""
-        run = self._run()
+        if self._run_key is None:  # used outside a run (scripts, tests): one short transaction
+            with adbc.connect(resolve_database_url(self.database_url)) as connection:
+                yield connection
+                connection.commit()
+            return
+        run = _RUNS[self._run_key]
         connection = run.open()
         try:
             yield connection
         except BaseException as error:
             run.abort(error)
             raise
-
-    def _run(self) -> _RunTransaction:
-        if self._run_key is not None:
-            return _RUNS[self._run_key]
-        if self._standalone is None:  # used outside a run (scripts, tests): reads only
-            self._standalone = _RunTransaction(url=resolve_database_url(self.database_url))
-        return self._standalone
 
     def query(self, statement: sql.Composable | str, params: Sequence[object] = ()) -> list[tuple]:
         text = statement if isinstance(statement, str) else statement.as_string()
