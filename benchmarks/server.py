@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -51,22 +49,8 @@ class _MeasuringFake(FakeSocrata):
         super().__init__(*args, **kwargs)
         self.served: list[Served] = []
 
-    def start(self) -> FakeSocrata:  # as FakeSocrata.start, with the measuring handler
-        if self._httpd is not None:
-            return self
-        handler = type("_BoundHandler", (_MeasuringHandler,), {"fake": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        httpd.daemon_threads = True
-        httpd.request_queue_size = 64
-        self._stopping.clear()
-        self._httpd = httpd
-        host, port = httpd.server_address[:2]
-        self._base_url = f"http://{host}:{port}"
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-socrata", daemon=True
-        )
-        self._thread.start()
-        return self
+    def handler_base(self) -> type:
+        return _MeasuringHandler
 
 
 def _serve(conn: Any, rows: int, seed: int, latency_s: float, compress: bool) -> None:

@@ -225,10 +225,14 @@ class FakeSocrata:
             raise RuntimeError("FakeSocrata has not been started")
         return self._base_url
 
+    def handler_base(self) -> type:
+        """The request handler to serve with; a subclass may return its own `_Handler` subclass."""
+        return _Handler
+
     def start(self) -> FakeSocrata:
         if self._httpd is not None:
             return self
-        handler = type("_BoundHandler", (_Handler,), {"fake": self})
+        handler = type("_BoundHandler", (self.handler_base(),), {"fake": self})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         self._stopping.clear()

@@ -123,11 +123,10 @@ def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -
 
 
 def read_stored_base(warehouse: WarehouseResource) -> StoredTable | None:
-    schema, table = BASE_ASSET_KEY.path
-    series = warehouse.distinct_values(schema, table, SERIES_KEY)
-    if series is None:
+    rows_per_series = warehouse.count_by(*BASE_ASSET_KEY.path, SERIES_KEY)
+    if rows_per_series is None:
         return None
-    return StoredTable(row_count=warehouse.row_count(schema, table) or 0, series=series)
+    return StoredTable(row_count=sum(rows_per_series.values()), series=set(rows_per_series))
 
 
 def read_signature(context: AssetExecutionContext, socrata: SocrataSource) -> SourceSignature | None:

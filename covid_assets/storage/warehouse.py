@@ -8,10 +8,12 @@ otherwise. So a run either replaces all the tables it wrote at once, or changes 
 if it is killed (the server rolls back a transaction whose connection drops).
 """
 
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import adbc_driver_postgresql.dbapi as adbc
 from dagster import ConfigurableResource, DagsterEventType, InitResourceContext
@@ -20,7 +22,6 @@ from pydantic import Field, PrivateAttr
 
 from covid_assets.storage.embedded import start_embedded_postgres
 
-_EMBEDDED_URL: list[str] = []
 COMMIT_FAILED_TAG = "covid/commit_failed"
 
 
@@ -30,18 +31,17 @@ class RunAlreadyFailedError(RuntimeError):
 
 def libpq_url(url: str) -> str:
     """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as plain libpq ones."""
-    import re
-
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
 def resolve_database_url(configured: str | None) -> str:
     """The configured warehouse URL, or the embedded server's when none is configured."""
-    if configured:
-        return libpq_url(configured)
-    if not _EMBEDDED_URL:
-        _EMBEDDED_URL.append(start_embedded_postgres())
-    return _EMBEDDED_URL[0]
+    return libpq_url(configured) if configured else _embedded_url()
+
+
+@lru_cache(maxsize=None)
+def _embedded_url() -> str:
+    return start_embedded_postgres()
 
 
 @dataclass
@@ -153,14 +153,18 @@ class WarehouseResource(ConfigurableResource):
             return None
         return self.query(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))[0][0]
 
-    def distinct_values(self, schema: str, table: str, columns: list[str]) -> set[tuple] | None:
-        """The distinct combinations of `columns`, or None when the table does not exist yet."""
+    def count_by(self, schema: str, table: str, columns: list[str]) -> dict[tuple, int] | None:
+        """Rows per distinct combination of `columns` (one scan), or None when the table does not exist yet."""
         if not self.table_exists(schema, table):
             return None
-        statement = sql.SQL("SELECT DISTINCT {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(schema, table)
-        )
-        return set(self.query(statement))
+        group = sql.SQL(", ").join(map(sql.Identifier, columns))
+        statement = sql.SQL("SELECT {}, count(*) FROM {} GROUP BY {}").format(group, sql.Identifier(schema, table), group)
+        return {tuple(key): count for *key, count in self.query(statement)}
+
+    def distinct_values(self, schema: str, table: str, columns: list[str]) -> set[tuple] | None:
+        """The distinct combinations of `columns`, or None when the table does not exist yet."""
+        counts = self.count_by(schema, table, columns)
+        return None if counts is None else set(counts)
 
     def table_exists(self, schema: str, table: str) -> bool:
         name = sql.Identifier(schema, table).as_string()
