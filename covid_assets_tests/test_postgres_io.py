@@ -141,6 +141,15 @@ def test_failed_write_keeps_the_old_table(warehouse_url: str) -> None:
     assert query(warehouse_url, "SELECT k FROM scratch.keyed ORDER BY k") == [("a",), ("b",), ("c",)]
 
 
+def test_a_repeated_key_equal_to_a_stored_row_is_an_error_not_a_silent_dedup(warehouse_url: str) -> None:
+    """The merge would find both copies unchanged and write neither; it must refuse instead."""
+    materialize_keyed(warehouse_url, keyed_frame(["a", "b"]))
+    repeated = keyed_frame(["a", "b", "a"]).assign(v=pd.array([0, 1, 0], dtype="Int64"))
+    with pytest.raises(Exception, match=r"key \{'k': 'a', 'day': datetime.date\(2021, 1, 1\)\} more than once"):
+        materialize_keyed(warehouse_url, repeated)
+    assert query(warehouse_url, "SELECT k, v FROM scratch.keyed ORDER BY k") == [("a", 0), ("b", 1)]
+
+
 def test_unsupported_dtype_is_a_clear_error_and_keeps_the_table(warehouse_url: str) -> None:
     materialize_keyed(warehouse_url, keyed_frame(["a"]))
     frame = keyed_frame(["b"]).assign(v=[[1, 2]])
@@ -249,27 +258,6 @@ def test_none_output_is_rejected(warehouse_url: str) -> None:
 
     with pytest.raises(Exception, match="None"):
         materialize([nothing], resources=warehouse_resources(warehouse_url))
-
-
-
-
-def test_diff_by_key_finds_exactly_the_rows_to_delete_and_insert() -> None:
-    from covid_assets.storage.postgres_io import diff_by_key
-
-    def table(rows: list[tuple]) -> pa.Table:
-        return pa.table({"k": [r[0] for r in rows], "d": [r[1] for r in rows], "v": pa.array([r[2] for r in rows], pa.int64())})
-
-    day = dt.date(2021, 1, 1)
-    old = table([("same", day, 1), ("null-same", day, None), ("to-null", day, 2), ("from-null", day, None),
-                 ("changed", day, 3), ("gone", day, 4)])
-    new = table([("same", day, 1), ("null-same", day, None), ("to-null", day, None), ("from-null", day, 5),
-                 ("changed", day, 30), ("added", day, 6)])
-    inserts, deletes = diff_by_key(old, new, ["k", "d"])
-    assert sorted(inserts.to_pylist(), key=str) == sorted(
-        [{"k": "to-null", "d": day, "v": None}, {"k": "from-null", "d": day, "v": 5},
-         {"k": "changed", "d": day, "v": 30}, {"k": "added", "d": day, "v": 6}], key=str)
-    assert sorted(row["k"] for row in deletes.to_pylist()) == ["changed", "from-null", "gone", "to-null"]
-    assert deletes.column_names == ["k", "d"]
 
 
 def test_reordered_columns_rebuild_the_table(warehouse_url: str) -> None:

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster import (
     ConfigurableIOManagerFactory,
     InputContext,
@@ -33,6 +32,7 @@ from dagster import (
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
 
+from covid_assets.storage.keyed_diff import diff_by_key
 from covid_assets.storage.warehouse import WarehouseResource
 
 PRIMARY_KEY_METADATA = "primary_key"
@@ -162,37 +162,13 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
         _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
         with connection.cursor() as cursor:
             cursor.adbc_ingest(stage_name, deletes, mode="append", temporary=True)
+        _execute(connection, sql.SQL("ANALYZE {}").format(stage))  # else the planner guesses a hash join over the whole table
         matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
         _execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
         _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
     if inserts.num_rows:
         with connection.cursor() as cursor:
             cursor.adbc_ingest(table_slice.table, inserts, mode="append", db_schema_name=table_slice.schema)
-
-
-_OLD, _PRESENT = "\x1fold", "\x1fpresent"
-
-
-def diff_by_key(old: pa.Table, new: pa.Table, key: list[str]) -> tuple[pa.Table, pa.Table]:
-    """The rows of `new` to insert and the keys of `old` to delete so that `old` becomes `new`.
-
-    Rows are equal when every column is equal, NULL counting as equal to NULL.
-    """
-    values = [column for column in new.column_names if column not in key]
-    old_side = old.rename_columns([c if c in key else c + _OLD for c in old.column_names])
-    old_side = old_side.append_column(_PRESENT, pa.array([True] * old.num_rows, pa.bool_()))
-    joined = new.join(old_side, keys=key, join_type="left outer")
-    present = joined[_PRESENT].is_valid()
-    unchanged = present
-    for column in values:
-        now, before = joined[column], joined[column + _OLD]
-        same = pc.or_(pc.fill_null(pc.equal(now, before), False), pc.and_(now.is_null(), before.is_null()))
-        unchanged = pc.and_(unchanged, same)
-    changed = pc.invert(unchanged)
-    inserts = joined.filter(changed).select(new.column_names)
-    vanished = old.select(key).join(new.select(key), keys=key, join_type="left anti")
-    revised = joined.filter(pc.and_(changed, present)).select(key)
-    return inserts, pa.concat_tables([vanished.select(key), revised])
 
 
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
