@@ -67,3 +67,25 @@ def test_codes_stay_exact_for_keys_too_wide_for_one_int64() -> None:
     old_codes, new_codes = key_codes(old, new, list(columns))
     assert len(set(old_codes.tolist())) == rows
     assert new_codes.tolist() == old_codes.tolist()[::-1]
+
+
+def test_applying_the_plan_turns_old_into_new_and_touches_nothing_else() -> None:
+    """Random tables with NULL values, shared, vanished and new keys: delete then insert must give
+    exactly `new`, and every deleted or inserted row must really differ."""
+    import random
+
+    rng = random.Random(7)
+    keys = [(state, DAY + dt.timedelta(days=d)) for state in ("AL", "AK", "PR", "VI") for d in range(60)]
+
+    def random_rows(share: float) -> list[tuple]:
+        chosen = rng.sample(keys, int(len(keys) * share))
+        return [(k, d, rng.choice([None, 1, 2, 3])) for k, d in chosen]
+
+    for _ in range(20):
+        old_rows, new_rows = random_rows(0.8), random_rows(0.8)
+        inserts, deletes = diff_by_key(table(old_rows), table(new_rows), ["k", "d"])
+        deleted = {(r["k"], r["d"]) for r in deletes.to_pylist()}
+        result = {(k, d, v) for k, d, v in old_rows if (k, d) not in deleted}
+        result |= {(r["k"], r["d"], r["v"]) for r in inserts.to_pylist()}
+        assert result == set(new_rows)
+        assert deletes.num_rows + inserts.num_rows == len(set(old_rows) ^ set(new_rows))

@@ -3,8 +3,8 @@
 A daily refresh revises a few hundred of ~243k rows. Writing only those rows keeps the key
 index and the table free of churn, but the plan must cost less than the bulk write it saves,
 so it is computed column-wise: keys become one integer per row, matched by a sort and a binary
-search (about half the time of Arrow's hash join on the key columns), then the value columns
-of matched rows are compared side by side.
+search (about half the time of Arrow's hash join on the key columns), then each new row is
+compared with its stored partner, column by column.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ def diff_by_key(old: pa.Table, new: pa.Table, key: list[str]) -> tuple[pa.Table,
     if (repeated := _first_repeat(new_codes)) is not None:
         example = new.select(key).slice(repeated, 1).to_pylist()[0]
         raise ValueError(f"the frame holds key {example} more than once; a table keyed by {key} holds one row per key")
+    if old.num_rows == 0:
+        return new, old.select(key)
     order = np.argsort(old_codes)
-    sorted_codes = old_codes[order]
-    position = np.searchsorted(sorted_codes, new_codes).clip(max=max(len(sorted_codes) - 1, 0))
-    found = sorted_codes[position] == new_codes if len(sorted_codes) else np.zeros(len(new_codes), dtype=bool)
-    matched_new, matched_old = np.flatnonzero(found), order[position[found]]
+    position = np.searchsorted(old_codes[order], new_codes).clip(max=old.num_rows - 1)
+    partner = order[position]  # per new row: the old row with its key, when there is one
+    found = old_codes[partner] == new_codes
 
     values = [column for column in new.column_names if column not in key]
-    changed = ~rows_equal(new.select(values).take(matched_new), old.select(values).take(matched_old))
-    vanished = np.ones(old.num_rows, dtype=bool)
-    vanished[matched_old] = False
-    inserts = np.concatenate([np.flatnonzero(~found), matched_new[changed]])
-    deletes = np.concatenate([np.flatnonzero(vanished), matched_old[changed]])
+    same = found & rows_equal(new.select(values), old.select(values).take(partner))
+    kept = np.zeros(old.num_rows, dtype=bool)
+    kept[partner[same]] = True
+    inserts = np.flatnonzero(~same)
+    deletes = np.flatnonzero(~kept)
     return new.take(inserts), old.select(key).take(deletes)
 
 
