@@ -151,9 +151,7 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
     changed rows are deleted and only new or changed rows inserted, in the same transaction.
     """
     target = qualified_name(table_slice)
-    with connection.cursor() as cursor:
-        cursor.execute(sql.SQL("SELECT * FROM {}").format(target).as_string())
-        stored = cursor.fetch_arrow_table().cast(table.schema)
+    stored = read_arrow(connection, table_slice._replace(columns=None)).cast(table.schema)
     inserts, deletes = diff_by_key(stored, table, primary_key)
     if deletes.num_rows:
         stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
@@ -172,10 +170,13 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
 
 
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
+    return read_arrow(connection, table_slice).to_pandas(types_mapper=_PANDAS_DTYPES.get)
+
+
+def read_arrow(connection: adbc.Connection, table_slice: TableSlice) -> pa.Table:
     with connection.cursor() as cursor:
         cursor.execute(select_statement(table_slice).as_string())
-        table = cursor.fetch_arrow_table()
-    return table.to_pandas(types_mapper=_PANDAS_DTYPES.get)
+        return cursor.fetch_arrow_table()
 
 
 def to_postgres_arrow(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, str]]:
