@@ -41,16 +41,16 @@ class TypedRows:
 
 def type_test_results(raw: pd.DataFrame) -> TypedRows:
     """Type the raw strings; fail on any row that cannot be typed; keep the last of duplicate keys."""
-    text = {column: _clean_text(raw[column]) for column in TEXT_COLUMNS}
-    text["state_fips"] = _repair_fips(text["state_fips"], text["state"])
+    text = {column: _clean_text(raw[column]) for column in BASE_COLUMNS}
     typed = pd.DataFrame(
         {
-            **text,
-            "date": _parse_dates(raw["date"]),
-            **{column: _parse_counts(raw[column]) for column in COUNT_COLUMNS},
+            **{column: text[column] for column in TEXT_COLUMNS},
+            "state_fips": _repair_fips(text["state_fips"], text["state"]),
+            "date": _parse_dates(text["date"]),
+            **{column: _parse_counts(text[column]) for column in COUNT_COLUMNS},
         }
     )
-    _raise_on_invalid_rows(raw, typed)
+    _raise_on_invalid_rows(raw, typed, given={column: text[column].notna() for column in ["date", *COUNT_COLUMNS]})
     deduplicated = typed.drop_duplicates(PRIMARY_KEY, keep="last")
     frame = deduplicated.sort_values(PRIMARY_KEY, ignore_index=True)
     return TypedRows(frame=frame, duplicates_dropped=len(typed) - len(deduplicated))
@@ -66,39 +66,40 @@ def _repair_fips(fips: pd.Series, state: pd.Series) -> pd.Series:
     return fips.str.zfill(2).fillna(state.map(STATE_FIPS).astype("string"))
 
 
-def _parse_dates(values: pd.Series) -> pd.Series:
+def _parse_dates(text: pd.Series) -> pd.Series:
     """Accept Socrata floating timestamps (2020-03-01T00:00:00.000) and both CSV layouts (ISO, YYYY/MM/DD)."""
-    text = values.astype("string").str.strip()
     well_formed = text.str.fullmatch(r"\d{4}[-/]\d{2}[-/]\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?)?").fillna(False)
     day = text.where(well_formed).str.slice(0, 10).str.replace("/", "-", regex=False)
     return pd.to_datetime(day, format="%Y-%m-%d", errors="coerce").astype(DATE_DTYPE)
 
 
-def _parse_counts(values: pd.Series) -> pd.Series:
+def _parse_counts(text: pd.Series) -> pd.Series:
     """Whole numbers, possibly negative; blank means NULL; anything else is left NA for the check."""
-    text = _clean_text(values)
     whole = text.str.fullmatch(r"-?\d{1,18}").fillna(False)
     return text.where(whole).astype("Int64")
 
 
-def _problems(raw: pd.DataFrame, typed: pd.DataFrame) -> dict[str, pd.Series]:
-    """One boolean mask per kind of bad row, keyed by a message naming the problem."""
-    raw_present = {column: _clean_text(raw[column]).notna() for column in ["date", *COUNT_COLUMNS]}
+def _problems(typed: pd.DataFrame, given: dict[str, pd.Series]) -> dict[str, pd.Series]:
+    """One boolean mask per kind of bad row, keyed by a message naming the problem.
+
+    `given` says per column which rows had a value in the source: a blank count is NULL, a
+    count that was given but did not parse is an error.
+    """
     return {
         "missing state": typed["state"].isna(),
         "state is not a 2-letter code": typed["state"].notna() & ~typed["state"].str.fullmatch(r"[A-Z]{2}").fillna(False),
         "unknown overall_outcome": ~typed["overall_outcome"].isin(OUTCOMES).fillna(False),
-        "missing date": ~raw_present["date"],
-        "bad date": raw_present["date"] & typed["date"].isna(),
+        "missing date": ~given["date"],
+        "bad date": given["date"] & typed["date"].isna(),
         **{
-            f"non-numeric {column}": raw_present[column] & typed[column].isna()
+            f"non-numeric {column}": given[column] & typed[column].isna()
             for column in COUNT_COLUMNS
         },
     }
 
 
-def _raise_on_invalid_rows(raw: pd.DataFrame, typed: pd.DataFrame) -> None:
-    problems = {name: mask for name, mask in _problems(raw, typed).items() if mask.any()}
+def _raise_on_invalid_rows(raw: pd.DataFrame, typed: pd.DataFrame, given: dict[str, pd.Series]) -> None:
+    problems = {name: mask for name, mask in _problems(typed, given).items() if mask.any()}
     if not problems:
         return
     any_bad = pd.concat(problems.values(), axis=1).any(axis=1)
