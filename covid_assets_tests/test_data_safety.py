@@ -7,11 +7,13 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from covid_assets.assets.tables import RAW_ASSET_KEY
+from covid_assets.definitions import defs
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sources.socrata import SocrataSource
+from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.fake_socrata import FakeSocrata
 from covid_assets_tests.test_end_to_end import SNAPSHOT, TABLES, materialize_all, rows
 
@@ -208,3 +210,31 @@ def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(
 def test_the_schedule_asks_for_change_detection() -> None:
     assert SCHEDULED_RUN_CONFIG == {"ops": {"covid_19_raw__raw_covid_test_results": {"config": {"skip_if_unchanged": True}}}}
     assert AssetKey(["covid_19_raw", "raw_covid_test_results"]) == RAW_ASSET_KEY
+
+
+def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(warehouse_url: str) -> None:
+    """Postgres enforces the keys the IO manager declares; the checks still look at the rows, so a
+    table whose constraint was dropped and that then took duplicates fails them, with the count."""
+    source = SocrataSource(source_file=str(SNAPSHOT))
+    assert materialize_all(warehouse_url, source).success
+    with psycopg.connect(warehouse_url) as conn:
+        for table, constraint in (("covid_test_results", "covid_test_results_pkey"), ("state_results", "state_results_pkey")):
+            conn.execute(f"ALTER TABLE covid_19.{table} DROP CONSTRAINT {constraint}")
+        conn.execute("INSERT INTO covid_19.covid_test_results SELECT * FROM covid_19.covid_test_results WHERE state = 'WY'")
+        conn.execute("INSERT INTO covid_19.covid_test_results SELECT * FROM covid_19.covid_test_results WHERE state = 'WY' LIMIT 5")
+        conn.execute("INSERT INTO covid_19.state_results SELECT * FROM covid_19.state_results WHERE state IN ('AK', 'AL')")
+        wy_rows = conn.execute("SELECT count(DISTINCT (overall_outcome, date)) FROM covid_19.covid_test_results WHERE state = 'WY'").fetchone()[0]
+
+    def run_checks(table: str) -> dict[tuple[str, str], object]:
+        return check_results(materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=AssetSelection.checks_for_assets(AssetKey(["covid_19", table])),
+            resources={**warehouse_resources(warehouse_url), "socrata": source},
+            raise_on_error=False,
+        ))
+
+    base_key = run_checks("covid_test_results")[("covid_test_results", "primary_key_unique_and_not_null")]
+    assert not base_key.passed
+    assert base_key.metadata["duplicate_keys"].value == wy_rows + 5
+    state_key = run_checks("state_results")[("state_results", "key_unique")]
+    assert (state_key.passed, state_key.metadata["duplicate_keys"].value) == (False, 2)
