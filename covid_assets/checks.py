@@ -61,18 +61,18 @@ def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseR
         values = [value if isinstance(value, sql.Composable) else sql.Literal(value) for value in literals]
         return warehouse.query(sql.SQL(query).format(*values, table=BASE_TABLE))[0]
 
+    # One scan for the checks that only count rows.
+    rows, null_keys, bad_outcomes, out_of_range, first, last = one(
+        "SELECT count(*), "
+        "count(*) FILTER (WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL), "
+        "count(*) FILTER (WHERE overall_outcome NOT IN ({})), "
+        "count(*) FILTER (WHERE date < {} OR date > current_date), min(date), max(date) FROM {table}",
+        _values(OUTCOMES), EARLIEST_DATE,
+    )
     (duplicates,) = warehouse.query(repeated_key_rows(BASE_TABLE, PRIMARY_KEY))[0]
-    (null_keys,) = one("SELECT count(*) FROM {table} WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL")
     yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
                   duplicate_keys=duplicates, null_keys=null_keys)
-
-    (bad_outcomes,) = one("SELECT count(*) FROM {table} WHERE overall_outcome NOT IN ({})", _values(OUTCOMES))
     yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
-
-    first, last, out_of_range = one(
-        "SELECT min(date), max(date), count(*) FILTER (WHERE date < {} OR date > current_date) FROM {table}",
-        EARLIEST_DATE,
-    )
     yield _result("dates_in_range", out_of_range == 0, rows_out_of_range=out_of_range,
                   first_date=str(first), last_date=str(last))
 
@@ -82,7 +82,6 @@ def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseR
     )
     yield _result("states_are_known_jurisdictions", not unknown, unknown_states=unknown or "none")
 
-    (rows,) = one("SELECT count(*) FROM {table}")
     accepted = _accepted_base_rows(context)
     yield _result("row_count_matches_accepted_load", rows > 0 and (accepted is None or rows == accepted),
                   row_count=rows, accepted_by_guard=accepted if accepted is not None else "unknown")

@@ -800,6 +800,6 @@ def test_hostile_table_schema_and_column_names_are_quoted_not_executed(warehouse
     assert loaded_back[-1][column].tolist() == ["a", "b"] and list(loaded_back[-1].columns) == [column]
     warehouse = WarehouseResource(database_url=warehouse_url)
     assert warehouse.row_count(*key.path) == 2
-    assert warehouse.distinct_values(*key.path, [column]) == {("a",), ("b",)}
+    assert set(warehouse.count_by(*key.path, [column])) == {("a",), ("b",)}
     assert warehouse.row_count(HOSTILE, HOSTILE) is None  # no such table, and nothing executed
     assert rows(warehouse_url, "SELECT id FROM public.victim") == [(1,)]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from covid_assets.assets.tables import SERIES_KEY
+
 
 class ShrinkingSourceError(ValueError):
     """The source lost more rows (or whole series) than a full refresh may silently accept."""
@@ -34,7 +36,7 @@ def check_not_shrinking(stored: StoredTable | None, new_rows: pd.DataFrame, max_
             f"the source has {new_count:,} rows, the stored table {stored.row_count:,} "
             f"({1 - new_count / stored.row_count:.1%} fewer; at most {max_shrink_fraction:.0%} allowed)"
         )
-    new_series = set(new_rows[["state", "overall_outcome"]].drop_duplicates().itertuples(index=False, name=None))
+    new_series = set(new_rows[SERIES_KEY].drop_duplicates().itertuples(index=False, name=None))
     if lost := sorted(stored.series - new_series):
         shown = ", ".join(f"{state}/{outcome}" for state, outcome in lost[:10])
         more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""

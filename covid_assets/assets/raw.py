@@ -78,7 +78,7 @@ def raw_covid_test_results(
         report_unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
         return
 
-    extract = extract_or_explain(context, socrata)
+    extract = extract_or_explain(context, socrata, signature.row_count if signature else None)
     base_rows = gate(extract, read_stored_base(warehouse), config)
     fingerprint = content_hash(extract.frame)
     if still_stored and fingerprint == last_load.content_hash:
@@ -98,9 +98,9 @@ def raw_covid_test_results(
     )
 
 
-def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource) -> Extract:
+def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource, known_count: int | None) -> Extract:
     try:
-        return socrata.extract(progress=_progress_logger(context))
+        return socrata.extract(progress=_progress_logger(context), known_count=known_count)
     except SocrataError as error:
         hint = (
             " No complete answer came back from the API: check the network, or load a local export instead "

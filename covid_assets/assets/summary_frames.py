@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from covid_assets.assets.parsing import OUTCOMES
+
 TEXT, DATE, COUNT, RATE = "string", pd.ArrowDtype(pa.date32()), "Int64", "float64"
-OUTCOMES = ["Positive", "Negative", "Inconclusive"]
 
 BASE_DTYPES = {
     "state": TEXT, "state_name": TEXT, "state_fips": TEXT, "fema_region": TEXT,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import threading
@@ -154,24 +155,11 @@ def _rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
     Done per page as it arrives so the full extract never exists as Python dicts.
     """
-    names: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            if key not in names:
-                names[key] = None
-    columns = {}
-    for name in names:
-        values = [row.get(name) for row in rows]
-        if not all(v is None or v.__class__ is str for v in values):
-            values = [_as_text(v) for v in values]
-        columns[name] = pa.array(values, type=pa.string())
-    return pa.table(columns)
-
-
-def _string_dtype(arrow_type: pa.DataType) -> pd.StringDtype | None:
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type):
-        return pd.StringDtype()
-    return None
+    names = dict.fromkeys(itertools.chain.from_iterable(rows))
+    try:
+        return pa.Table.from_struct_array(pa.array(rows, type=pa.struct([(name, pa.string()) for name in names])))
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a value that is not a string: keep its JSON text
+        return pa.table({name: pa.array([_as_text(row.get(name)) for row in rows], pa.string()) for name in names})
 
 
 def _column_order(present: Iterable[str], source: str) -> list[str]:
@@ -189,21 +177,8 @@ def _column_order(present: Iterable[str], source: str) -> list[str]:
 def _frame_from_tables(tables: Sequence[pa.Table], source: str) -> pd.DataFrame:
     """Align page tables on the final column order and hand them to pandas as "string"."""
     order = _column_order((name for t in tables for name in t.column_names), source)
-    aligned = []
-    for t in tables:
-        arrays = [
-            t.column(name) if name in t.column_names else pa.chunked_array([pa.nulls(t.num_rows, pa.string())])
-            for name in order
-        ]
-        aligned.append(pa.Table.from_arrays(arrays, names=order))
-    table = pa.concat_tables(aligned)
-    del aligned
-    frame = table.to_pandas(types_mapper=_string_dtype, self_destruct=True, split_blocks=True)
-    return frame.astype(pd.StringDtype()) if not _all_string(frame) else frame
-
-
-def _all_string(frame: pd.DataFrame) -> bool:
-    return all(isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA for dtype in frame.dtypes)
+    table = pa.concat_tables(tables, promote_options="default").select(order)  # a column a page lacks: nulls
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get, self_destruct=True, split_blocks=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -339,16 +314,18 @@ class SocrataClient:
         """The dataset's JSON endpoint; safe to log (the token only travels in a header)."""
         return f"{self.base_url}/resource/{self.dataset_id}.json"
 
-    def fetch_all(self, progress: ProgressFn | None = None) -> Extract:
+    def fetch_all(self, progress: ProgressFn | None = None, known_count: int | None = None) -> Extract:
         """Every row of the dataset, each exactly once, in ``:id`` order.
 
         `progress(rows_so_far, total_or_None)` is called after each page (from
-        worker threads, serialised by a lock).
+        worker threads, serialised by a lock). `known_count` is a `count(*)` just taken
+        (by `signature()`), so it is not asked again; growth since is followed and a
+        shortfall is an error, as for a count taken here.
         """
         started = time.monotonic()
         log.info("Fetching %s (page size %d, %d workers)", self.resource_url, self.page_size, self.max_workers)
         with _Fetch(self, progress) as run:
-            tables = run.all_pages()
+            tables = run.all_pages(known_count)
             frame = _frame_from_tables(tables, self.resource_url)
             del tables
             stats = run.stats(rows=len(frame), elapsed_s=time.monotonic() - started)
@@ -430,9 +407,9 @@ class _Fetch:
         return SocrataError(self.client._redact(message), **kw)
 
     # Plan ------------------------------------------------------------------------------
-    def all_pages(self) -> list[pa.Table]:
+    def all_pages(self, known_count: int | None = None) -> list[pa.Table]:
         """Count, then fetch [0, count) concurrently, then follow any growth sequentially."""
-        total = self.count()
+        total = self.count() if known_count is None else known_count
         self.total = total
         url = self.client.resource_url
         if total == 0:
@@ -440,12 +417,11 @@ class _Fetch:
                 f"source returned no rows: {url} reports count(*) = 0; refusing to replace the warehouse with nothing"
             )
         if total is None:
-            tables, _ = self.open_ended(0)
+            tables = self.open_ended(0)
         else:
             tables, end = self.concurrent(total)
             if end is not None:  # the last page was full: rows may have been added since the count
-                more, _ = self.open_ended(end)
-                tables += more
+                tables += self.open_ended(end)
         if self.rows == 0:
             raise self.error(f"source returned no rows: {url} returned an empty first page")
         if total is not None and self.rows < total:
@@ -540,7 +516,7 @@ class _Fetch:
                 break  # the end of the data the count promised
         return tables, pos >= end
 
-    def open_ended(self, start: int) -> tuple[list[pa.Table], int]:
+    def open_ended(self, start: int) -> list[pa.Table]:
         """Sequential pages from `start` until the data ends, when the row count is unknown.
 
         Without a count a short page is ambiguous (end of data, or a server cap
@@ -560,7 +536,7 @@ class _Fetch:
                 if cap_known:
                     break
                 limit, cap_known = n, True
-        return tables, pos
+        return tables
 
     # Requests --------------------------------------------------------------------------
     def page(self, offset: int, limit: int) -> pa.Table:
@@ -752,9 +728,7 @@ def read_export_file(path: str | Path) -> Extract:
                 frame = _read_json_export(fh, source)
             else:
                 frame = _read_csv_export(fh, source)
-    except SocrataError:
-        raise
-    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+    except (ValueError, OSError, EOFError) as exc:  # pandas' ParserError is a ValueError
         raise SocrataError(f"cannot read export file {source}: {type(exc).__name__}: {exc}") from exc
     if len(frame) == 0:
         raise SocrataError(f"source returned no rows: export file {source} has no data rows")
@@ -809,8 +783,8 @@ class SocrataSource(dg.ConfigurableResource):
         # Cheap evidence only: on trouble, fail fast and let the full fetch (with all its retries) decide.
         return self.client(max_retries=min(self.max_retries, 1)).signature()
 
-    def extract(self, progress: ProgressFn | None = None) -> Extract:
-        """The full raw table; progress is reported for API fetches only."""
+    def extract(self, progress: ProgressFn | None = None, known_count: int | None = None) -> Extract:
+        """The full raw table; progress is reported for API fetches only (see `fetch_all` for `known_count`)."""
         if self.source_file:
             return read_export_file(self.source_file)
-        return self.client().fetch_all(progress)
+        return self.client().fetch_all(progress, known_count)

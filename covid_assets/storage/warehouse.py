@@ -161,11 +161,6 @@ class WarehouseResource(ConfigurableResource):
         statement = sql.SQL("SELECT {}, count(*) FROM {} GROUP BY {}").format(group, sql.Identifier(schema, table), group)
         return {tuple(key): count for *key, count in self.query(statement)}
 
-    def distinct_values(self, schema: str, table: str, columns: list[str]) -> set[tuple] | None:
-        """The distinct combinations of `columns`, or None when the table does not exist yet."""
-        counts = self.count_by(schema, table, columns)
-        return None if counts is None else set(counts)
-
     def table_exists(self, schema: str, table: str) -> bool:
         name = sql.Identifier(schema, table).as_string()
         return bool(self.query("SELECT to_regclass($1) IS NOT NULL", (name,))[0][0])
