@@ -22,7 +22,12 @@ class Timing:
     samples: list[float] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)  # bytes, one per repetition (subprocesses only)
     peak_pss: list[int] = field(default_factory=list)  # the same with shared pages split among sharers
-    info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, result: ProcessResult) -> None:
+        """One repetition measured by `run_process`."""
+        self.samples.append(result.seconds)
+        self.peak_rss.append(result.peak_rss)
+        self.peak_pss.append(result.peak_pss)
 
     @property
     def median(self) -> float:

@@ -7,7 +7,6 @@ so no run inherits another's dead tuples or table definitions.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import uuid
 import warnings
@@ -17,12 +16,9 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
+from covid_assets.storage.warehouse import libpq_url
+
 BENCH_DB_URL_ENV = "COVID_BENCH_DB_URL"
-
-
-def libpq_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as plain libpq ones."""
-    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
 
 
 class Postgres:

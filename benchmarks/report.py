@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 
 import psutil
@@ -25,7 +25,6 @@ class Row:
     target: str = ""
     verdict: str = ""  # PASS / MISS / "" (informational)
     note: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def median(self) -> str:

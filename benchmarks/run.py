@@ -150,7 +150,7 @@ def write_docs(args, command, machine, versions, rows, dataset, elapsed, load_af
         "",
         report.markdown_table(rows),
         "",
-        *[f"* **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in report.notes(rows)],
+        *[f"* **{row.key}**: {row.note}" for row in rows if row.note],
         "",
         "**Machine.** " + "; ".join(f"{k}: {v}" for k, v in machine.items()) + f"; load average at the end: {load_after}.",
         "",

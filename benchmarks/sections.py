@@ -24,8 +24,7 @@ from benchmarks.measure import Timing, clean_env, repeat, run_process
 from benchmarks.pg import Postgres
 from benchmarks.report import Row
 from benchmarks.server import ServerProcess
-from covid_assets.assets.tables import ALL_TABLES
-from covid_assets.assets.tables import BASE_ASSET_KEY, PRIMARY_KEY
+from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, PRIMARY_KEY
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -37,7 +36,6 @@ from covid_assets.sources.socrata import SocrataClient
 from covid_assets.storage.postgres_io import PandasArrowTypeHandler, PostgresClient, to_postgres_arrow
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ALL_TABLES
 MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"]
 
 
@@ -109,7 +107,6 @@ def _row_hashes(frame: pd.DataFrame) -> pd.Series:
 
 
 def extraction(b: Bench) -> list[Row]:
-    b.server.set_latency(b.latency_s)
     b.server.served()
     expected = _row_hashes(b.raw)
     expected_set = set(expected.tolist())
@@ -237,11 +234,6 @@ def _create_plain_table(url: str, frame: pd.DataFrame) -> None:
         conn.execute(f"CREATE TABLE bench.covid_test_results ({columns})")
 
 
-def _count(url: str, table: str) -> int:
-    with psycopg.connect(url) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-
-
 def writes(b: Bench) -> list[Row]:
     frame = b.base
     rows_expected = len(frame)
@@ -258,16 +250,25 @@ def writes(b: Bench) -> list[Row]:
 
     def check(table: str):
         def run(url: str) -> None:
-            if (got := _count(url, table)) != rows_expected:
+            if (got := table_counts(url, [table])[table]) != rows_expected:
                 raise BenchmarkError(f"{table} has {got} rows after the write, expected {rows_expected}")
         return run
+
+    def timed_write(label: str, body: Callable[[str], str], prepare: Callable[[str], None], table: str) -> Timing:
+        b.log(f"2. write: {label}")
+        return repeat(b.reps, body, setup=lambda: fresh_db(prepare), teardown=drop, check=check(table))
+
+    def plain_table(url: str) -> None:
+        _create_plain_table(url, frame)
+
+    def yesterdays_table(url: str) -> None:
+        io_manager_write(url, yesterday)
 
     # 2a: a daily refresh: the table holds yesterday's load (written untimed), today's frame replaces it.
     yesterday = previous_load(frame)
 
     def io_setup() -> IOManagerWrite:
-        url = fresh_db(lambda url: io_manager_write(url, yesterday))
-        return IOManagerWrite(url)
+        return IOManagerWrite(fresh_db(yesterdays_table))
 
     def io_body(write: IOManagerWrite) -> str:
         write(frame)
@@ -287,11 +288,7 @@ def writes(b: Bench) -> list[Row]:
             conn.commit()
         return url
 
-    b.log("2. write: bare ADBC append")
-    t_adbc = repeat(
-        b.reps, adbc_body, setup=lambda: fresh_db(lambda url: _create_plain_table(url, frame)), teardown=drop,
-        check=check("bench.covid_test_results"),
-    )
+    t_adbc = timed_write("bare ADBC append", adbc_body, plain_table, "bench.covid_test_results")
 
     # 2c: like for like: the same DELETE + bare adbc_ingest into the same table with its primary key.
     def delete_append_body(url: str) -> str:
@@ -303,10 +300,8 @@ def writes(b: Bench) -> list[Row]:
             conn.commit()
         return url
 
-    b.log("2. write: bare ADBC DELETE + append into the keyed table")
-    t_like = repeat(
-        b.reps, delete_append_body, setup=lambda: fresh_db(lambda url: io_manager_write(url, yesterday)), teardown=drop,
-        check=check("covid_19.covid_test_results"),
+    t_like = timed_write(
+        "bare ADBC DELETE + append into the keyed table", delete_append_body, yesterdays_table, "covid_19.covid_test_results"
     )
 
     # 2d: execute_values (psycopg2), rows as Python tuples, NA -> None.
@@ -321,11 +316,7 @@ def writes(b: Bench) -> list[Row]:
             conn.close()
         return url
 
-    b.log("2. write: execute_values")
-    t_ev = repeat(
-        b.reps, execute_values_body, setup=lambda: fresh_db(lambda url: _create_plain_table(url, frame)), teardown=drop,
-        check=check("bench.covid_test_results"),
-    )
+    t_ev = timed_write("execute_values", execute_values_body, plain_table, "bench.covid_test_results")
 
     # 2e: DataFrame.to_sql through SQLAlchemy + psycopg2 (insertmanyvalues batches).
     def to_sql_body(url: str) -> str:
@@ -340,11 +331,7 @@ def writes(b: Bench) -> list[Row]:
             engine.dispose()
         return url
 
-    b.log("2. write: DataFrame.to_sql")
-    t_sql = repeat(
-        b.reps, to_sql_body, setup=lambda: fresh_db(lambda url: _create_plain_table(url, frame)), teardown=drop,
-        check=check("bench.covid_test_results"),
-    )
+    t_sql = timed_write("DataFrame.to_sql", to_sql_body, plain_table, "bench.covid_test_results")
 
     vs_adbc = t_io.median / t_adbc.median
     ev_factor = t_ev.median / t_io.median
@@ -465,34 +452,29 @@ def table_counts(url: str, tables: list[str]) -> dict[str, int]:
 
 
 def end_to_end(b: Bench) -> list[Row]:
-    b.server.set_latency(b.latency_s)
     deployment = b.deployment()
     dagster = Timing()
     script = Timing()
     info: dict[str, object] = {}
     with b.pg.fresh("naive") as naive_url:
+        naive_argv = [sys.executable, str(REPO / "benchmarks" / "naive.py"), "--base-url", b.server.base_url, "--db-url", naive_url]
         b.log("5. end to end: warm-up run (untimed)")
         deployment.run(MATERIALIZE_ALL, "warm-up")
         b.server.served()
-        counts = table_counts(deployment.url, TABLES)
+        counts = table_counts(deployment.url, ALL_TABLES)
         if counts["covid_19.covid_test_results"] != b.n or counts["covid_19_raw.raw_covid_test_results"] != b.n:
             raise BenchmarkError(f"unexpected table sizes after the run: {counts}")
         for rep in range(b.reps):
             # Interleaved, so slow drift in machine load hits both alike.
             b.log(f"5. end to end: dagster asset materialize, repetition {rep + 1}")
             result = deployment.run(MATERIALIZE_ALL, f"repetition {rep + 1}")
-            dagster.samples.append(result.seconds)
-            dagster.peak_rss.append(result.peak_rss)
-            dagster.peak_pss.append(result.peak_pss)
+            dagster.add(result)
             info["dagster_requests"] = len(b.server.served())
             b.log(f"5. end to end: naive script, repetition {rep + 1}")
-            argv = [sys.executable, str(REPO / "benchmarks" / "naive.py"), "--base-url", b.server.base_url, "--db-url", naive_url]
-            result = run_process(argv, clean_env(), cwd=str(REPO))
+            result = run_process(naive_argv, clean_env(), cwd=str(REPO))
             if result.returncode != 0:
                 raise BenchmarkError(f"the naive script failed:\n{result.stderr[-4000:]}")
-            script.samples.append(result.seconds)
-            script.peak_rss.append(result.peak_rss)
-            script.peak_pss.append(result.peak_pss)
+            script.add(result)
             info["naive"] = json.loads(result.stdout.strip().splitlines()[-1])
             b.server.served()
     ratio = dagster.median / script.median

@@ -60,7 +60,7 @@ def _serve(conn: Any, rows: int, seed: int, latency_s: float, compress: bool) ->
     fake = _MeasuringFake(iter_rows(frame), latency_s=latency_s, compress=compress)
     del frame
     fake.start()
-    conn.send(("ready", fake.base_url, fake.row_count))
+    conn.send(("ready", fake.base_url))
     bumps = 0
     original_last: bytes | None = None
     while True:
@@ -70,10 +70,7 @@ def _serve(conn: Any, rows: int, seed: int, latency_s: float, compress: bool) ->
             break
         if command == "stop":
             break
-        if command == "latency":
-            fake.latency_s = float(argument)
-            conn.send(None)
-        elif command == "served":
+        if command == "served":
             with fake._lock:
                 served, fake.served = fake.served, []
             conn.send(served)
@@ -114,13 +111,8 @@ class ServerProcess:
         )
         self._process.start()
         child.close()
-        status, self.base_url, self.row_count = self._conn.recv()
+        status, self.base_url = self._conn.recv()
         assert status == "ready"
-        self.latency_s = latency_s
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid  # type: ignore[return-value]
 
     def _ask(self, command: str, argument: Any = None) -> Any:
         self._conn.send((command, argument))
@@ -128,10 +120,6 @@ class ServerProcess:
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    def set_latency(self, seconds: float) -> None:
-        self._ask("latency", seconds)
-        self.latency_s = seconds
 
     def served(self) -> list[Served]:
         """The requests answered since the last call (and clears the list)."""
@@ -151,9 +139,3 @@ class ServerProcess:
             if self._process.is_alive():
                 self._process.terminate()
                 self._process.join(timeout=5)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

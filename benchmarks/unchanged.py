@@ -30,7 +30,8 @@ import psycopg
 
 from benchmarks.measure import Timing
 from benchmarks.report import Row
-from benchmarks.sections import TABLES, Bench, BenchmarkError, table_counts, verdict
+from benchmarks.sections import Bench, BenchmarkError, table_counts, verdict
+from covid_assets.assets.tables import ALL_TABLES
 
 CHANGE_DETECTION_FIELD = "skip_if_unchanged"
 SCHEDULE_NAME = "daily_refresh"
@@ -69,7 +70,7 @@ def _write_marks(url: str) -> tuple[int, dict[str, int]]:
     """A transaction id no earlier write can have, and the OID of each table."""
     with psycopg.connect(url, autocommit=True) as conn:
         xid = int(conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0])
-        oids = {t: conn.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0] for t in TABLES}
+        oids = {t: conn.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0] for t in ALL_TABLES}
     return xid, oids
 
 
@@ -77,7 +78,7 @@ def _tables_written(url: str, marks: tuple[int, dict[str, int]]) -> list[str]:
     xid, oids = marks
     written = []
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in TABLES:
+        for table in ALL_TABLES:
             oid = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()[0]
             newer = conn.execute(
                 f"SELECT count(*) FROM {table} WHERE xmin::text::bigint >= %s", (xid % 2**32,)
@@ -101,7 +102,6 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
             "-c", str(config_file), "--tags", json.dumps(tags)]
     full, unchanged = Timing(), Timing()
     info: dict[str, object] = {"requests": [], "written": [], "skipped_message": []}
-    b.server.set_latency(b.latency_s)
     if not deployment.loaded:
         b.log("6. scheduled runs: first load (untimed)")
         deployment.run(argv, "first load")
@@ -111,9 +111,7 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
         marks = _write_marks(deployment.url)
         b.log(f"6. scheduled run, source changed, repetition {rep + 1}")
         result = deployment.run(argv, f"changed {rep + 1}")
-        full.samples.append(result.seconds)
-        full.peak_rss.append(result.peak_rss)
-        full.peak_pss.append(result.peak_pss)
+        full.add(result)
         info["full_requests"] = len(b.server.served())
         written = _tables_written(deployment.url, marks)
         if not {"raw_covid_test_results", "covid_test_results"} <= set(written):  # the detector must see a real refresh
@@ -121,13 +119,11 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
         marks = _write_marks(deployment.url)
         b.log(f"6. scheduled run, source unchanged, repetition {rep + 1}")
         result = deployment.run(argv, f"unchanged {rep + 1}")
-        unchanged.samples.append(result.seconds)
-        unchanged.peak_rss.append(result.peak_rss)
-        unchanged.peak_pss.append(result.peak_pss)
+        unchanged.add(result)
         info["requests"].append(b.server.served())
         info["written"].append(_tables_written(deployment.url, marks))
         info["skipped_message"].append("source unchanged" in result.stderr.lower())
-    counts = table_counts(deployment.url, TABLES)
+    counts = table_counts(deployment.url, ALL_TABLES)
     if counts["covid_19.covid_test_results"] != b.n:
         raise BenchmarkError(f"unexpected table sizes after the scheduled runs: {counts}")
 

@@ -49,15 +49,14 @@ def main() -> None:
     pg = Postgres()
     try:
         for _ in range(args.reps):
-            name, url = pg.create("breakdown")
-            io_manager_write(url, yesterday)
-            with adbc.connect(url) as connection:
-                table, _ = timed("DataFrame -> Arrow", lambda: postgres_io.to_postgres_arrow(frame))
-                stored = timed("read the stored rows back", lambda: postgres_io.read_arrow(connection, BASE_SLICE).cast(table.schema))
-                inserts, deletes = timed("plan (keyed_diff.diff_by_key)", lambda: diff_by_key(stored, table, key))
-                timed("merge_rows (read back + plan + writes)", lambda: postgres_io.merge_rows(connection, BASE_SLICE, table, key))
-                timed("COMMIT", connection.commit)
-            pg.drop(name)
+            with pg.fresh("breakdown") as url:
+                io_manager_write(url, yesterday)
+                with adbc.connect(url) as connection:
+                    table, _ = timed("DataFrame -> Arrow", lambda: postgres_io.to_postgres_arrow(frame))
+                    stored = timed("read the stored rows back", lambda: postgres_io.read_arrow(connection, BASE_SLICE).cast(table.schema))
+                    inserts, deletes = timed("plan (keyed_diff.diff_by_key)", lambda: diff_by_key(stored, table, key))
+                    timed("merge_rows (read back + plan + writes)", lambda: postgres_io.merge_rows(connection, BASE_SLICE, table, key))
+                    timed("COMMIT", connection.commit)
     finally:
         pg.stop()
     print(f"{len(frame):,} rows; {inserts.num_rows:,} to insert, {deletes.num_rows:,} to delete; median of {args.reps}")
