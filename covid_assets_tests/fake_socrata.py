@@ -23,10 +23,9 @@ import random
 import socket
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["Fault", "FakeSocrata", "RecordedRequest"]
@@ -140,18 +139,12 @@ class Fault:
         return True
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
+class RecordedRequest(NamedTuple):
     """What the server saw: path, query parameters (decoded) and headers."""
 
     path: str
     params: dict[str, str]
     headers: dict[str, str]
-    at: float
-
-    # Allow `path, params, headers = request` unpacking.
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter((self.path, self.params, self.headers))
 
 
 class _BadRequest(Exception):
@@ -265,13 +258,10 @@ class FakeSocrata:
     def page_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if _target(self.dataset_id, r.path, r.params) == "page"]
 
-    def count_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if _target(self.dataset_id, r.path, r.params) == "count"]
-
     # Called by the handler --------------------------------------------------------
     def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> None:
         with self._lock:
-            self.requests.append(RecordedRequest(path, params, headers, time.monotonic()))
+            self.requests.append(RecordedRequest(path, params, headers))
 
     def _take_fault(self, target: str, params: Mapping[str, str]) -> Fault | None:
         with self._lock:
