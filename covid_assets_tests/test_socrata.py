@@ -730,3 +730,14 @@ def test_invalid_configuration_is_reported() -> None:
         SocrataClient(page_size=0)
     with pytest.raises(SocrataError, match="base_url"):
         SocrataClient(base_url="healthdata.gov")
+
+
+def test_a_run_asks_for_the_count_once(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    """The signature's count(*) is reused by the fetch; growth since then is still followed."""
+    source = SocrataSource(base_url=server.base_url, page_size=200, max_workers=2)
+    signature = source.signature()
+    server.extend_rows(make_rows(460)[450:])  # ten rows arrive between the signature and the fetch
+    extract = source.extract(known_count=signature.row_count)
+    counts = [r for r in server.requests if r.params.get("$select") == "count(*)"]
+    assert (signature.row_count, len(counts)) == (450, 1)
+    assert len(extract.frame) == 460
