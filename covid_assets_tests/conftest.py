@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from covid_assets.storage.warehouse import libpq_url
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from covid_assets_tests.helpers import SNAPSHOT, create_database, drop_database, fresh_database, materialize_all
 
 
 @pytest.fixture(scope="session")
@@ -35,20 +31,28 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 @pytest.fixture
 def warehouse_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database per test, dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _with_database(postgres_server_url, name)
-    yield url
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(postgres_server_url) as url:
+        yield url
 
 
-def _with_database(url: str, database: str) -> str:
-    """Swap the database name in a libpq URL (keeping ?host=... and other parameters)."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = database
-    return psycopg.conninfo.make_conninfo(**info)
+@pytest.fixture(scope="session")
+def snapshot_load(postgres_server_url: str):
+    """One materialization of all seven assets from the bundled snapshot, kept as a template
+    database: (its name, the run's result). Tests get copies (`snapshot_warehouse`)."""
+    from covid_assets.sources.socrata import SocrataSource
+
+    name, url = create_database(postgres_server_url, "snapshot_template")
+    result = materialize_all(url, SocrataSource(source_file=str(SNAPSHOT)))
+    assert result.success
+    yield name, result
+    drop_database(postgres_server_url, name)
+
+
+@pytest.fixture
+def snapshot_warehouse(postgres_server_url: str, snapshot_load) -> Iterator[str]:
+    """A fresh database holding the snapshot load (a copy of the template), dropped afterwards."""
+    with fresh_database(postgres_server_url, "snapshot", template=snapshot_load[0]) as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -15,7 +15,7 @@ from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.fake_socrata import FakeSocrata
-from covid_assets_tests.test_end_to_end import SNAPSHOT, TABLES, materialize_all, rows
+from covid_assets_tests.helpers import SNAPSHOT, failure_message, materialize_all, materialized, query, table_fingerprints
 
 RAW_OP = RAW_ASSET_KEY.to_python_identifier()
 
@@ -25,75 +25,45 @@ def snapshot() -> pd.DataFrame:
     return pd.read_csv(SNAPSHOT, dtype=str, keep_default_na=False)
 
 
-def table_fingerprints(url: str) -> dict[str, tuple]:
-    """Row count and an order-independent checksum of every table (fetched_at excluded)."""
-    fingerprints = {}
-    with psycopg.connect(url) as conn:
-        for table in TABLES:
-            columns = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema || '.' || table_name = %s "
-                    "AND column_name <> 'fetched_at' ORDER BY ordinal_position",
-                    (table,),
-                ).fetchall()
-            ]
-            row = ", ".join(f't."{c}"' for c in columns)
-            fingerprints[table] = conn.execute(
-                f"SELECT count(*), sum(hashtext(ROW({row})::text)::bigint) FROM {table} t"
-            ).fetchone()
-    return fingerprints
-
-
 def write_csv(frame: pd.DataFrame, path: Path) -> str:
     frame.to_csv(path, index=False)
     return str(path)
-
-
-def failure_message(result) -> str:
-    return "\n".join(str(event.event_specific_data.error) for event in result.all_events if event.event_type_value == "STEP_FAILURE")
 
 
 def raw_config(**config) -> dict:
     return {"ops": {RAW_OP: {"config": config}}}
 
 
-def test_a_shrinking_source_is_refused_and_nothing_is_written(warehouse_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
-    assert materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT))).success
-    before = table_fingerprints(warehouse_url)
+def test_a_shrinking_source_is_refused_and_nothing_is_written(snapshot_warehouse: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
+    before = table_fingerprints(snapshot_warehouse)
     shrunk = snapshot[snapshot["date"] < "2021-02-01"]  # about 10% fewer rows
     source = SocrataSource(source_file=write_csv(shrunk, tmp_path / "shrunk.csv"))
 
-    result = materialize_all(warehouse_url, source, raise_on_error=False)
+    result = materialize_all(snapshot_warehouse, source, raise_on_error=False)
     assert not result.success
     message = failure_message(result)
     assert f"the source has {len(shrunk):,} rows, the stored table 57,459" in message
     assert "allow_shrink" in message
-    assert table_fingerprints(warehouse_url) == before
+    assert table_fingerprints(snapshot_warehouse) == before
 
-    accepted = materialize_all(warehouse_url, source, run_config=raw_config(allow_shrink=True))
+    accepted = materialize_all(snapshot_warehouse, source, run_config=raw_config(allow_shrink=True))
     assert accepted.success
-    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.covid_test_results") == [(len(shrunk),)]
+    assert query(snapshot_warehouse, "SELECT count(*) FROM covid_19.covid_test_results") == [(len(shrunk),)]
 
 
-def test_a_lost_series_is_refused_even_when_small(warehouse_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
-    assert materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT))).success
-    before = table_fingerprints(warehouse_url)
+def test_a_lost_series_is_refused_even_when_small(snapshot_warehouse: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
+    before = table_fingerprints(snapshot_warehouse)
     without = snapshot[~((snapshot["state"] == "WY") & (snapshot["overall_outcome"] == "Inconclusive"))]
     assert len(without) > 0.99 * len(snapshot)
 
-    result = materialize_all(warehouse_url, SocrataSource(source_file=write_csv(without, tmp_path / "lost.csv")), raise_on_error=False)
+    result = materialize_all(snapshot_warehouse, SocrataSource(source_file=write_csv(without, tmp_path / "lost.csv")), raise_on_error=False)
     assert not result.success
     assert "1 (state, outcome) series disappeared: WY/Inconclusive" in failure_message(result)
-    assert table_fingerprints(warehouse_url) == before
+    assert table_fingerprints(snapshot_warehouse) == before
 
 
 def executed_steps(result) -> set[str]:
     return {event.step_key for event in result.all_events if event.event_type_value == "STEP_SUCCESS"}
-
-
-def materialized(result) -> set[str]:
-    return {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
 
 
 def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: str, snapshot: pd.DataFrame) -> None:
@@ -165,7 +135,7 @@ def test_skip_requires_the_warehouse_to_still_hold_the_last_load(warehouse_url: 
         conn.execute("DELETE FROM covid_19.covid_test_results WHERE state = 'AL'")
     again = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
     assert len(materialized(again)) == 7
-    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.covid_test_results") == [(57_459,)]
+    assert query(warehouse_url, "SELECT count(*) FROM covid_19.covid_test_results") == [(57_459,)]
 
 
 def check_results(result) -> dict[tuple[str, str], object]:
@@ -176,8 +146,8 @@ def check_results(result) -> dict[tuple[str, str], object]:
     }
 
 
-def test_checks_pass_on_the_real_snapshot_and_warn_about_its_quirks(warehouse_url: str) -> None:
-    result = materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT)))
+def test_checks_pass_on_the_real_snapshot_and_warn_about_its_quirks(snapshot_load) -> None:
+    _, result = snapshot_load
     checks = check_results(result)
     failed = {key for key, evaluation in checks.items() if not evaluation.passed}
     # The snapshot's known quirk: six negative daily counts (WY, Inconclusive), each of which
@@ -193,18 +163,17 @@ def test_checks_pass_on_the_real_snapshot_and_warn_about_its_quirks(warehouse_ur
 
 
 def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(
-    warehouse_url: str, snapshot: pd.DataFrame, tmp_path: Path
+    snapshot_warehouse: str, snapshot: pd.DataFrame, tmp_path: Path
 ) -> None:
-    assert materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT))).success
-    before = table_fingerprints(warehouse_url)
+    before = table_fingerprints(snapshot_warehouse)
     unknown_state = snapshot.iloc[[0]].assign(state="ZZ", state_name="Nowhere")
     source = SocrataSource(source_file=write_csv(pd.concat([snapshot, unknown_state]), tmp_path / "zz.csv"))
 
-    result = materialize_all(warehouse_url, source, raise_on_error=False)
+    result = materialize_all(snapshot_warehouse, source, raise_on_error=False)
     assert not result.success
     assert not check_results(result)[("covid_test_results", "states_are_known_jurisdictions")].passed
     assert materialized(result) == {"raw_covid_test_results", "covid_test_results"}  # written, never committed
-    assert table_fingerprints(warehouse_url) == before
+    assert table_fingerprints(snapshot_warehouse) == before
 
 
 def test_the_schedule_asks_for_change_detection() -> None:
@@ -212,12 +181,11 @@ def test_the_schedule_asks_for_change_detection() -> None:
     assert AssetKey(["covid_19_raw", "raw_covid_test_results"]) == RAW_ASSET_KEY
 
 
-def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(warehouse_url: str) -> None:
+def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(snapshot_warehouse: str) -> None:
     """Postgres enforces the keys the IO manager declares; the checks still look at the rows, so a
     table whose constraint was dropped and that then took duplicates fails them, with the count."""
     source = SocrataSource(source_file=str(SNAPSHOT))
-    assert materialize_all(warehouse_url, source).success
-    with psycopg.connect(warehouse_url) as conn:
+    with psycopg.connect(snapshot_warehouse) as conn:
         for table, constraint in (("covid_test_results", "covid_test_results_pkey"), ("state_results", "state_results_pkey")):
             conn.execute(f"ALTER TABLE covid_19.{table} DROP CONSTRAINT {constraint}")
         conn.execute("INSERT INTO covid_19.covid_test_results SELECT * FROM covid_19.covid_test_results WHERE state = 'WY'")
@@ -229,7 +197,7 @@ def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(warehous
         return check_results(materialize(
             [*defs.assets, *defs.asset_checks],
             selection=AssetSelection.checks_for_assets(AssetKey(["covid_19", table])),
-            resources={**warehouse_resources(warehouse_url), "socrata": source},
+            resources={**warehouse_resources(snapshot_warehouse), "socrata": source},
             raise_on_error=False,
         ))
 

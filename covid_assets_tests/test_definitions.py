@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 
 import pytest
 from dagster import AssetKey, DefaultScheduleStatus, Definitions
@@ -12,10 +13,18 @@ import covid_assets.definitions
 SUMMARIES = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results"]
 
 
-def load_definitions(monkeypatch: pytest.MonkeyPatch, **env: str) -> Definitions:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return importlib.reload(covid_assets.definitions).defs
+@pytest.fixture
+def load_definitions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Definitions]]:
+    """Reload the code location with environment overrides; the next test sees it as the environment left it."""
+
+    def load(**env: str) -> Definitions:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return importlib.reload(covid_assets.definitions).defs
+
+    yield load
+    monkeypatch.undo()
+    importlib.reload(covid_assets.definitions)
 
 
 def test_definitions_are_loadable() -> None:
@@ -67,10 +76,10 @@ def test_column_docs_and_lineage_cover_every_summary_column() -> None:
     }
 
 
-def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch, load_definitions) -> None:
     for name in ("COVID_SCHEDULE_CRON", "COVID_SCHEDULE_TIMEZONE", "COVID_SCHEDULE_ENABLED"):
         monkeypatch.delenv(name, raising=False)
-    defs = load_definitions(monkeypatch)
+    defs = load_definitions()
     schedule = defs.resolve_schedule_def("daily_refresh")
     assert schedule.cron_schedule == "0 6 * * *"
     assert schedule.execution_timezone == "UTC"
@@ -79,12 +88,10 @@ def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(job.asset_layer.executable_asset_keys) == set(defs.resolve_asset_graph().get_all_asset_keys())
 
 
-def test_schedule_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schedule_is_configurable(load_definitions) -> None:
     defs = load_definitions(
-        monkeypatch, COVID_SCHEDULE_CRON="30 2 * * 1-5", COVID_SCHEDULE_TIMEZONE="America/New_York", COVID_SCHEDULE_ENABLED="false"
+        COVID_SCHEDULE_CRON="30 2 * * 1-5", COVID_SCHEDULE_TIMEZONE="America/New_York", COVID_SCHEDULE_ENABLED="false"
     )
     schedule = defs.resolve_schedule_def("daily_refresh")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 2 * * 1-5", "America/New_York")
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
-    monkeypatch.undo()
-    importlib.reload(covid_assets.definitions)

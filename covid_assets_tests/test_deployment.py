@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -45,9 +44,9 @@ import yaml
 from psycopg import sql
 
 from covid_assets.storage.warehouse import libpq_url
+from covid_assets_tests.helpers import SNAPSHOT, free_port, query
 
 REPO = Path(__file__).parents[1]
-SNAPSHOT = REPO / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 BIN = Path(sys.executable).parent  # dagster, dagster-webserver, dagster-daemon of this environment
 LOCATION = "covid_assets"
 JOB = "refresh_warehouse"
@@ -80,12 +79,6 @@ class TcpPostgres:
     def url(self, database: str) -> str:
         userinfo = quote(self.user, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
         return f"postgresql://{userinfo}@{self.host}:{self.port}/{database}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class LocalTcpPostgres:
@@ -338,11 +331,6 @@ def run_record(web: Webserver, run_id: str) -> dict:
 
 
 # --------------------------------------------------------------------------- Postgres checks
-
-
-def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(statement, params).fetchall()
 
 
 def failure_details(dagster_url: str, run_id: str) -> str:

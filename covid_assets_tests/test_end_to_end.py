@@ -9,37 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
-from covid_assets.assets.tables import ALL_TABLES
-from covid_assets.definitions import defs
 from covid_assets.sources.socrata import SocrataSource
-from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
-
-SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
-SNAPSHOT_ROWS = 57_459
-TABLES = ALL_TABLES
-
-
-def materialize_all(url: str, socrata: SocrataSource, raise_on_error: bool = True, instance=None, run_config=None):
-    return materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources={
-            **warehouse_resources(url),
-            "socrata": socrata,
-        },
-        raise_on_error=raise_on_error,
-        instance=instance,
-        run_config=run_config,
-    )
-
-
-def rows(url: str, statement: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(statement).fetchall()
+from covid_assets_tests.helpers import SNAPSHOT, SNAPSHOT_ROWS, TABLES, fresh_database, materialize_all, query
 
 
 def same_rows(actual: list[tuple], expected: list[tuple]) -> bool:
@@ -58,23 +33,16 @@ def same_rows(actual: list[tuple], expected: list[tuple]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def loaded_warehouse(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory):
-    """One materialization of all seven assets from the bundled snapshot, shared by the checks below."""
-    from covid_assets_tests.conftest import _with_database
-
-    name = "e2e_snapshot"
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    url = _with_database(postgres_server_url, name)
-    result = materialize_all(url, SocrataSource(source_file=str(SNAPSHOT)))
-    assert result.success
-    return url, result
+def loaded_warehouse(postgres_server_url: str, snapshot_load):
+    """The snapshot load (all seven assets), shared by the read-only checks below: (URL, run result)."""
+    template, result = snapshot_load
+    with fresh_database(postgres_server_url, "e2e", template=template) as url:
+        yield url, result
 
 
 def test_every_table_is_loaded(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    counts = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
+    counts = {table: query(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
     assert counts["covid_19_raw.raw_covid_test_results"] == SNAPSHOT_ROWS
     assert counts["covid_19.covid_test_results"] == SNAPSHOT_ROWS
     assert counts["covid_19.outcome_results"] == 3
@@ -86,15 +54,15 @@ def test_every_table_is_loaded(loaded_warehouse) -> None:
 
 def test_base_table_has_its_primary_key_and_types(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    key = rows(
+    key = query(
         url,
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = 'covid_19.covid_test_results'::regclass "
         "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
     )
     assert key == [("state",), ("overall_outcome",), ("date",)]
-    assert rows(url, "SELECT state_fips, date FROM covid_19.covid_test_results WHERE state = 'AL' ORDER BY date LIMIT 1")[0][0] == "01"
-    assert rows(url, "SELECT min(new_results_reported) FROM covid_19.covid_test_results WHERE state = 'WY'")[0][0] < 0
+    assert query(url, "SELECT state_fips, date FROM covid_19.covid_test_results WHERE state = 'AL' ORDER BY date LIMIT 1")[0][0] == "01"
+    assert query(url, "SELECT min(new_results_reported) FROM covid_19.covid_test_results WHERE state = 'WY'")[0][0] < 0
 
 
 def test_raw_table_keeps_the_strings_as_delivered(loaded_warehouse) -> None:
@@ -102,24 +70,24 @@ def test_raw_table_keeps_the_strings_as_delivered(loaded_warehouse) -> None:
     with gzip.open(SNAPSHOT, "rt") as snapshot:
         header, first = snapshot.readline().strip().split(","), snapshot.readline().strip().split(",")
     columns = ", ".join(header)
-    assert list(rows(url, f"SELECT {columns} FROM covid_19_raw.raw_covid_test_results LIMIT 1")[0]) == first
-    assert rows(url, "SELECT count(DISTINCT fetched_at) FROM covid_19_raw.raw_covid_test_results") == [(1,)]
+    assert list(query(url, f"SELECT {columns} FROM covid_19_raw.raw_covid_test_results LIMIT 1")[0]) == first
+    assert query(url, "SELECT count(DISTINCT fetched_at) FROM covid_19_raw.raw_covid_test_results") == [(1,)]
 
 
 def test_outcome_results_match_sql(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    expected = rows(
+    expected = query(
         url,
         """SELECT overall_outcome, sum(new_results_reported)::bigint AS total,
                   round(100 * sum(new_results_reported)::numeric / sum(sum(new_results_reported)) OVER (), 2)::float8
            FROM covid_19.covid_test_results GROUP BY 1 ORDER BY total DESC, 1""",
     )
-    assert same_rows(rows(url, "SELECT * FROM covid_19.outcome_results"), expected)
+    assert same_rows(query(url, "SELECT * FROM covid_19.outcome_results"), expected)
 
 
 def test_state_results_match_sql(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    expected = rows(
+    expected = query(
         url,
         """WITH s AS (
              SELECT state,
@@ -133,12 +101,12 @@ def test_state_results_match_sql(loaded_warehouse) -> None:
                   round(100 * p::numeric / nullif(p + n + i, 0), 2)::float8
            FROM s ORDER BY s.state""",
     )
-    assert same_rows(rows(url, "SELECT * FROM covid_19.state_results"), expected)
+    assert same_rows(query(url, "SELECT * FROM covid_19.state_results"), expected)
 
 
 def test_smoothed_results_match_sql(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    expected = rows(
+    expected = query(
         url,
         """WITH days AS (
              SELECT d::date AS date FROM generate_series(
@@ -161,14 +129,14 @@ def test_smoothed_results_match_sql(loaded_warehouse) -> None:
                   CASE WHEN n_days >= 7 THEN round(100 * p7::numeric / nullif(p7 + n7 + i7, 0), 2)::float8 END
            FROM windowed ORDER BY date""",
     )
-    actual = rows(url, "SELECT * FROM covid_19.smoothed_results")
+    actual = query(url, "SELECT * FROM covid_19.smoothed_results")
     assert same_rows(actual, expected)
     assert all(value is None for row in actual[:6] for value in row[4:])
 
 
 def test_total_results_match_sql(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    expected = rows(
+    expected = query(
         url,
         """WITH latest AS (
              SELECT DISTINCT ON (state, overall_outcome) state, overall_outcome, total_results_reported AS t
@@ -185,12 +153,12 @@ def test_total_results_match_sql(loaded_warehouse) -> None:
            FROM states s LEFT JOIN latest l USING (state)
            GROUP BY s.state, s.state_name, s.latest_date ORDER BY s.state""",
     )
-    assert same_rows(rows(url, "SELECT * FROM covid_19.total_results"), expected)
+    assert same_rows(query(url, "SELECT * FROM covid_19.total_results"), expected)
 
 
 def test_recent_positivity_results_match_sql(loaded_warehouse) -> None:
     url, _ = loaded_warehouse
-    expected = rows(
+    expected = query(
         url,
         """WITH w AS (
              SELECT state,
@@ -206,7 +174,7 @@ def test_recent_positivity_results_match_sql(loaded_warehouse) -> None:
                   p::bigint, t::bigint, rate
            FROM r ORDER BY rate DESC, r.state LIMIT 10""",
     )
-    assert same_rows(rows(url, "SELECT * FROM covid_19.recent_positivity_results"), expected)
+    assert same_rows(query(url, "SELECT * FROM covid_19.recent_positivity_results"), expected)
 
 
 def test_materialization_metadata(loaded_warehouse) -> None:
@@ -226,13 +194,13 @@ def test_materialization_metadata(loaded_warehouse) -> None:
     assert raw["fetch_bytes"].value == SNAPSHOT.stat().st_size
     base = by_table["covid_19.covid_test_results"]
     assert base["duplicates_dropped"].value == 0
-    assert base["total_tests_to_date"].value == rows(url, "SELECT sum(new_results_reported) FROM covid_19.covid_test_results")[0][0]
-    assert base["states_reporting_latest_week"].value == rows(
+    assert base["total_tests_to_date"].value == query(url, "SELECT sum(new_results_reported) FROM covid_19.covid_test_results")[0][0]
+    assert base["states_reporting_latest_week"].value == query(
         url,
         "SELECT count(DISTINCT state) FROM covid_19.covid_test_results "
         "WHERE date > (SELECT max(date) FROM covid_19.covid_test_results) - 7",
     )[0][0]
-    assert by_table["covid_19.smoothed_results"]["latest_7day_positivity_pct"].value == rows(
+    assert by_table["covid_19.smoothed_results"]["latest_7day_positivity_pct"].value == query(
         url, "SELECT smoothed_positivity_rate FROM covid_19.smoothed_results ORDER BY date DESC LIMIT 1"
     )[0][0]
     lineage = by_table["covid_19.state_results"]["dagster/column_lineage"].value.deps_by_column
@@ -242,7 +210,7 @@ def test_materialization_metadata(loaded_warehouse) -> None:
 
 def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tmp_path: Path) -> None:
     url, _ = loaded_warehouse
-    before = {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
+    before = {table: query(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
     broken = tmp_path / "broken.csv"
     with gzip.open(SNAPSHOT, "rt") as snapshot:
         lines = snapshot.read().splitlines()
@@ -252,7 +220,7 @@ def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tm
     assert not result.success
     failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
     assert "1 of 999 source rows cannot be typed (bad date: 1)" in str(failure.event_specific_data.error)
-    assert {table: rows(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES} == before
+    assert {table: query(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES} == before
 
 
 def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) -> None:
@@ -272,7 +240,7 @@ def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) ->
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "RUN_SUCCESS" in completed.stderr
-    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
+    assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
 
 
 def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str) -> None:
@@ -291,7 +259,7 @@ def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str) -> None:
         if event.asset_key.path[-1] == "raw_covid_test_results"
     )
     assert (raw["fetch_pages"].value, raw["fetch_retries"].value) == (6, 2)
-    assert rows(warehouse_url, "SELECT count(*), count(DISTINCT (state, overall_outcome, date)) FROM covid_19.covid_test_results") == [
+    assert query(warehouse_url, "SELECT count(*), count(DISTINCT (state, overall_outcome, date)) FROM covid_19.covid_test_results") == [
         (SNAPSHOT_ROWS, SNAPSHOT_ROWS)
     ]
-    assert rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
+    assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,19 @@ from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.embedded import stop_embedded_postgres
 from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets.storage.warehouse import WarehouseResource
-from covid_assets_tests.conftest import _with_database
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
-from covid_assets_tests.test_data_safety import failure_message, materialized, table_fingerprints
-from covid_assets_tests.test_end_to_end import SNAPSHOT, TABLES, materialize_all, rows
+from covid_assets_tests.helpers import (
+    SNAPSHOT,
+    TABLES,
+    create_database,
+    drop_database,
+    failure_message,
+    fresh_database,
+    materialize_all,
+    materialized,
+    query,
+    table_fingerprints,
+)
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -85,19 +93,13 @@ def source(fake: FakeSocrata, **overrides) -> SocrataSource:
     return SocrataSource(**{**options, **overrides})
 
 
-def admin_execute(admin_url: str, statement: sql.Composable) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(statement)
-
-
-def create_loaded_database(admin_url: str, name: str, rows_: list[dict[str, str]]) -> str:
-    """A new database holding a successful load of `rows_`, served by the fake API."""
-    admin_execute(admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _with_database(admin_url, name)
+def create_loaded_database(admin_url: str, prefix: str, rows_: list[dict[str, str]]) -> tuple[str, str]:
+    """A new database holding a successful load of `rows_`, served by the fake API: its name and URL."""
+    name, url = create_database(admin_url, prefix)
     with FakeSocrata(rows_) as fake:
         result = materialize_all(url, source(fake), raise_on_error=False)
     assert result.success, failure_message(result)
-    return url
+    return name, url
 
 
 @dataclass(frozen=True)
@@ -109,24 +111,19 @@ class Loaded:
 @pytest.fixture(scope="module")
 def loaded_template(postgres_server_url: str, good_rows: list[dict[str, str]]) -> Iterator[tuple[str, dict]]:
     """One good load, copied (CREATE DATABASE ... TEMPLATE) into a fresh database per test."""
-    name = f"fi_template_{uuid.uuid4().hex[:8]}"
-    url = create_loaded_database(postgres_server_url, name, good_rows)
+    name, url = create_loaded_database(postgres_server_url, "fi_template", good_rows)
     yield name, table_fingerprints(url)
-    admin_execute(postgres_server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(postgres_server_url, name)
 
 
 @pytest.fixture
 def loaded(postgres_server_url: str, loaded_template: tuple[str, dict]) -> Iterator[Loaded]:
     """A fresh database that already holds the good load (all seven tables)."""
     template, fingerprints = loaded_template
-    name = f"fi_{uuid.uuid4().hex[:12]}"
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-    admin_execute(postgres_server_url, statement)
-    url = _with_database(postgres_server_url, name)
-    before = table_fingerprints(url)
-    assert before == fingerprints and before[BASE][0] == 4_213
-    yield Loaded(url, before)
-    admin_execute(postgres_server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(postgres_server_url, "fi", template=template) as url:
+        before = table_fingerprints(url)
+        assert before == fingerprints and before[BASE][0] == 4_213
+        yield Loaded(url, before)
 
 
 def run(url: str, fake: FakeSocrata, **source_overrides):
@@ -145,11 +142,11 @@ def asset_metadata(result, table: str) -> dict[str, object]:
 
 
 def count(url: str, table: str) -> int:
-    return rows(url, f"SELECT count(*) FROM {table}")[0][0]
+    return query(url, f"SELECT count(*) FROM {table}")[0][0]
 
 
 def fetched_at(url: str):
-    return rows(url, f"SELECT min(fetched_at), max(fetched_at) FROM {RAW}")[0]
+    return query(url, f"SELECT min(fetched_at), max(fetched_at) FROM {RAW}")[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,7 +318,7 @@ def test_an_extra_column_is_kept_in_raw_and_ignored_downstream(loaded: Loaded, g
     with FakeSocrata(extra) as fake:
         result, _ = run(loaded.url, fake)
     assert result.success, failure_message(result)
-    assert rows(loaded.url, f"SELECT count(geocoded_state), max(geocoded_state) FROM {RAW}") == [(4_213, "POINT (999 1)")]
+    assert query(loaded.url, f"SELECT count(geocoded_state), max(geocoded_state) FROM {RAW}") == [(4_213, "POINT (999 1)")]
     after = table_fingerprints(loaded.url)
     assert after[RAW] != loaded.before[RAW]
     assert {t: after[t] for t in TABLES[1:]} == {t: loaded.before[t] for t in TABLES[1:]}
@@ -380,9 +377,9 @@ def test_a_missing_state_fips_is_filled_from_the_state_code(loaded: Loaded, good
     with FakeSocrata(delivered) as fake:
         result, _ = run(loaded.url, fake)
     assert result.success, failure_message(result)
-    alabama = rows(loaded.url, f"SELECT count(*) FROM {RAW} WHERE state = 'AL' AND state_fips IS NULL")[0][0]
+    alabama = query(loaded.url, f"SELECT count(*) FROM {RAW} WHERE state = 'AL' AND state_fips IS NULL")[0][0]
     assert alabama > 1000
-    assert rows(loaded.url, f"SELECT DISTINCT state_fips FROM {BASE} WHERE state = 'AL'") == [("01",)]
+    assert query(loaded.url, f"SELECT DISTINCT state_fips FROM {BASE} WHERE state = 'AL'") == [("01",)]
     after = table_fingerprints(loaded.url)
     assert {t: after[t] for t in TABLES[1:]} == {t: loaded.before[t] for t in TABLES[1:]}  # repaired exactly
 
@@ -450,7 +447,7 @@ def growth_key(grown_rows: list[dict[str, str]]) -> dict[str, str]:
 
 def sessions_left(url: str) -> list[tuple]:
     """Other sessions on the database, and any lock they still hold."""
-    return rows(
+    return query(
         url,
         "SELECT a.pid, a.state, a.query, l.locktype, l.mode FROM pg_stat_activity a "
         "LEFT JOIN pg_locks l ON l.pid = a.pid AND l.granted AND l.locktype = 'relation' "
@@ -592,9 +589,7 @@ def killed_mid_base_write(
 ) -> Iterator[Died]:
     """`dagster asset materialize` (the CLI, as `./dev run` runs it) killed with SIGKILL in its base-table write."""
     template, before = loaded_template
-    name = f"fi_sigkill_{uuid.uuid4().hex[:8]}"
-    admin_execute(postgres_server_url, sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
-    url = _with_database(postgres_server_url, name)
+    name, url = create_database(postgres_server_url, "fi_sigkill", template=template)
     home = tmp_path_factory.mktemp("sigkill")
     (home / "dagster.yaml").write_text("")
     grown_csv = home / "grown.csv"
@@ -621,7 +616,7 @@ def killed_mid_base_write(
     left = wait_until_no_other_sessions(url)
     message = f"exit code {process.returncode}; CLI output ends:\n" + (home / "cli.log").read_text()[-1500:]
     yield Died(url, before, table_fingerprints(url), left, message)
-    admin_execute(postgres_server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(postgres_server_url, name)
 
 
 def test_sigkill_in_the_base_write_loses_nothing(killed_mid_base_write: Died, grown_rows: list[dict[str, str]], tmp_path: Path) -> None:
@@ -673,7 +668,7 @@ def restart_during_write(
     postgres: RestartablePostgres, good_rows: list[dict[str, str]], grown_rows: list[dict[str, str]], table: str, key
 ) -> Died:
     """Load the good rows, then refresh with the grown ones and restart the server while `table` is being replaced."""
-    url = create_loaded_database(postgres.admin_url, f"fi_restart_{uuid.uuid4().hex[:8]}", good_rows)
+    _, url = create_loaded_database(postgres.admin_url, "fi_restart", good_rows)
     before = table_fingerprints(url)
     held = HeldWrite(url, table, key)
 
@@ -793,8 +788,8 @@ def test_hostile_table_schema_and_column_names_are_quoted_not_executed(warehouse
 
     for _ in range(2):  # the first run creates the table, the second replaces its rows
         assert materialize([writer, reader], resources=warehouse_resources(warehouse_url)).success
-    assert rows(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
-    assert rows(
+    assert query(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
+    assert query(
         warehouse_url, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name LIKE 't%DROP%'"
     ) == [(key.path[0], key.path[1])]
     assert loaded_back[-1][column].tolist() == ["a", "b"] and list(loaded_back[-1].columns) == [column]
@@ -802,4 +797,4 @@ def test_hostile_table_schema_and_column_names_are_quoted_not_executed(warehouse
     assert warehouse.row_count(*key.path) == 2
     assert set(warehouse.count_by(*key.path, [column])) == {("a",), ("b",)}
     assert warehouse.row_count(HOSTILE, HOSTILE) is None  # no such table, and nothing executed
-    assert rows(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
+    assert query(warehouse_url, "SELECT id FROM public.victim") == [(1,)]

@@ -75,10 +75,10 @@ def test_applying_the_plan_turns_old_into_new_and_touches_nothing_else() -> None
     import random
 
     rng = random.Random(7)
-    keys = [(state, DAY + dt.timedelta(days=d)) for state in ("AL", "AK", "PR", "VI") for d in range(60)]
+    all_keys = [(state, DAY + dt.timedelta(days=d)) for state in ("AL", "AK", "PR", "VI") for d in range(60)]
 
     def random_rows(share: float) -> list[tuple]:
-        chosen = rng.sample(keys, int(len(keys) * share))
+        chosen = rng.sample(all_keys, int(len(all_keys) * share))
         return [(k, d, rng.choice([None, 1, 2, 3])) for k, d in chosen]
 
     for _ in range(20):

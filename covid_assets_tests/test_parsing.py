@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from covid_assets.assets.parsing import BASE_COLUMNS, InvalidRowsError, type_test_results
+from covid_assets_tests.helpers import SNAPSHOT
 
 ROW = {
     "state": "AL",
@@ -123,11 +124,8 @@ def test_a_missing_fips_code_is_filled_from_the_state() -> None:
 
 
 def test_the_fips_table_agrees_with_the_real_snapshot() -> None:
-    from pathlib import Path
-
     from covid_assets.assets.parsing import STATE_FIPS
 
-    snapshot = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
-    pairs = pd.read_csv(snapshot, dtype=str, usecols=["state", "state_fips"]).drop_duplicates()
+    pairs = pd.read_csv(SNAPSHOT, dtype=str, usecols=["state", "state_fips"]).drop_duplicates()
     assert len(pairs) == 56
     assert {state: STATE_FIPS[state] for state in pairs["state"]} == dict(zip(pairs["state"], pairs["state_fips"]))

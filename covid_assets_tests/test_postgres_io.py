@@ -12,6 +12,7 @@ import pytest
 from dagster import AssetIn, AssetKey, asset, materialize
 
 from covid_assets.storage.postgres_io import warehouse_resources
+from covid_assets_tests.helpers import query
 
 DATE = pd.ArrowDtype(pa.date32())
 
@@ -44,12 +45,6 @@ def store_and_load(url: str, frame: pd.DataFrame, key_prefix: str = "scratch", *
     result = materialize([stored, reader], resources=warehouse_resources(url))
     assert result.success
     return loaded["frame"]
-
-
-def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def test_every_dtype_round_trips_with_its_dtype(warehouse_url: str) -> None:

@@ -24,13 +24,14 @@ from covid_assets.sources.socrata import (
     read_export_file,
 )
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
+from covid_assets_tests.helpers import SNAPSHOT
 
 # "thread" so that a hang inside a worker thread still ends the run.
 pytestmark = pytest.mark.timeout(60, method="thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_JSON = ROOT / "covid_assets_tests" / "fixtures" / "soda_sample_j8mb-icvb_1000rows.json.gz"
-SNAPSHOT_CSV = ROOT / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
+SNAPSHOT_CSV = SNAPSHOT
 TOKEN = "s3cr3t-App-T0ken-xyz"
 STATES = [("AL", "Alabama", "01", "Region 4"), ("AK", "Alaska", "02", "Region 10"), ("CA", "California", "06", "Region 9")]
 

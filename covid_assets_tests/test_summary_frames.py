@@ -7,13 +7,13 @@ spelled out here too (not imported) so that a change to the module's dtypes is c
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
+from covid_assets_tests.helpers import SNAPSHOT
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -49,7 +49,6 @@ RECENT = {
 }
 NAMES = {"AA": "Alpha", "BB": "Beta", "CC": "Gamma", "DD": "Delta", "EE": "Epsilon", "FF": "Phi", "GG": "Gee"}
 POS, NEG, INC = "Positive", "Negative", "Inconclusive"
-SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 
 
 def make_base(rows: list[tuple]) -> pd.DataFrame:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from covid_assets_tests.helpers import SNAPSHOT, free_port, query
+
 ROOT = Path(__file__).parents[1]
-SNAPSHOT = ROOT / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 README_SCREENSHOT = ROOT / "docs" / "asset-graph.png"
 
 # Leaf name shown on the node -> (asset key, group box it is drawn in).
@@ -105,12 +104,6 @@ def _chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def webserver(warehouse_url: str, tmp_path: Path) -> Iterator[str]:
     """`dagster-webserver` on the code location, writing to `warehouse_url`; yields its base URL."""
@@ -126,7 +119,7 @@ def webserver(warehouse_url: str, tmp_path: Path) -> Iterator[str]:
         "telemetry:\n"
         "  enabled: false\n"
     )
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
@@ -201,11 +194,6 @@ def browser_page(chromium_executable: str):
             yield page
         finally:
             browser.close()
-
-
-def table_rows(url: str, statement: str, *params: object) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(statement, params).fetchall()
 
 
 @pytest.mark.timeout(300)
@@ -298,7 +286,7 @@ def test_asset_graph_materialize_all_and_a_summary_page(
     page.screenshot(path=shots / "02-runs.png")
     for key, _ in ASSETS.values():
         table = key.replace("/", ".")
-        assert table_rows(warehouse_url, "SELECT to_regclass(%s)", table)[0][0] is not None, f"no table {table}"
+        assert query(warehouse_url, "SELECT to_regclass(%s)", (table,))[0][0] is not None, f"no table {table}"
 
     # The graph once more, loaded after the run (groups stay open, top-down): all materialized.
     open_graph()
@@ -317,12 +305,12 @@ def test_asset_graph_materialize_all_and_a_summary_page(
     page.get_by_role("link", name="View in Asset Catalog").click()
     expect(page).to_have_url(f"{webserver}/assets/covid_19/state_results")
 
-    (row_count,) = table_rows(warehouse_url, "SELECT count(*) FROM covid_19.state_results")[0]
+    (row_count,) = query(warehouse_url, "SELECT count(*) FROM covid_19.state_results")[0]
     assert row_count == 56
     row_count_box = page.get_by_text("Row count", exact=True).locator("xpath=..")
     expect(row_count_box).to_have_text(re.compile(rf"^Row count\s*{row_count}$"))
 
-    columns = table_rows(
+    columns = query(
         warehouse_url,
         "SELECT attname, upper(format_type(atttypid, atttypmod)) FROM pg_attribute "
         "WHERE attrelid = 'covid_19.state_results'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",

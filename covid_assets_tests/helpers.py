@@ -1,0 +1,113 @@
+"""Helpers shared by the test modules (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from covid_assets.assets.tables import ALL_TABLES as TABLES
+
+# The bundled real snapshot (provenance in covid_assets/data/README.md).
+SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
+SNAPSHOT_ROWS = 57_459
+
+__all__ = ["SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
+
+
+# ------------------------------------------------------------------------------- Postgres
+def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """The statement's rows ([] for a statement that returns none)."""
+    with psycopg.connect(url) as conn:
+        cursor = conn.execute(statement, params or None)  # no params: a literal % stays as it is
+        return cursor.fetchall() if cursor.description else []
+
+
+def with_database(url: str, database: str) -> str:
+    """Swap the database name in a libpq URL (keeping ?host=... and other parameters)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def create_database(admin_url: str, prefix: str, template: str | None = None) -> tuple[str, str]:
+    """A new database (a copy of `template` when given): its name and URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(statement)
+    return name, with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def fresh_database(admin_url: str, prefix: str = "test", template: str | None = None) -> Iterator[str]:
+    """A new database for the block (a copy of `template` when given), dropped afterwards."""
+    name, url = create_database(admin_url, prefix, template)
+    try:
+        yield url
+    finally:
+        drop_database(admin_url, name)
+
+
+def table_fingerprints(url: str) -> dict[str, tuple]:
+    """Row count and an order-independent checksum of every table (fetched_at excluded)."""
+    fingerprints = {}
+    with psycopg.connect(url) as conn:
+        for table in TABLES:
+            columns = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema || '.' || table_name = %s "
+                    "AND column_name <> 'fetched_at' ORDER BY ordinal_position",
+                    (table,),
+                ).fetchall()
+            ]
+            row = ", ".join(f't."{c}"' for c in columns)
+            fingerprints[table] = conn.execute(
+                f"SELECT count(*), sum(hashtext(ROW({row})::text)::bigint) FROM {table} t"
+            ).fetchone()
+    return fingerprints
+
+
+# ------------------------------------------------------------------------------- Dagster
+def materialize_all(url: str, socrata, raise_on_error: bool = True, instance=None, run_config=None):
+    """All seven assets and their checks, in process, on the warehouse at `url`."""
+    from dagster import materialize
+
+    from covid_assets.definitions import defs
+    from covid_assets.storage.postgres_io import warehouse_resources
+
+    return materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources={**warehouse_resources(url), "socrata": socrata},
+        raise_on_error=raise_on_error,
+        instance=instance,
+        run_config=run_config,
+    )
+
+
+def failure_message(result) -> str:
+    return "\n".join(str(event.event_specific_data.error) for event in result.all_events if event.event_type_value == "STEP_FAILURE")
+
+
+def materialized(result) -> set[str]:
+    return {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+
+
+# ------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
