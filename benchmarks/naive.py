@@ -38,7 +38,7 @@ CREATE TABLE {table} (
 )"""
 
 # The five summaries of covid_assets/assets/summary_frames.py, in SQL over {base}
-# (the same statements the end-to-end test uses to check the pandas versions).
+# (written independently of the end-to-end test's SQL checks; they compute the same tables).
 SUMMARIES = {
     "outcome_results": """
         SELECT overall_outcome, sum(new_results_reported)::bigint AS total_results_reported,
