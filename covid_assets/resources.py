@@ -1,34 +1,41 @@
 """Resources configured from the environment (`.env.example` lists every variable).
 
-Secrets go through `EnvVar`, so Dagster reads them at run time and never shows them in the UI.
+Where the platform connects and the secrets it sends are not resource config at all: the
+resources read them from the environment when a run starts (`SocrataTarget`,
+`configured_database_url`), so run config, which anyone who reaches the UI can set, cannot change
+them. What is config here are bounded tuning knobs, with defaults a deployment can set below.
 """
 
 from __future__ import annotations
 
 import os
-
-from dagster import EnvVar
+from collections.abc import Callable, Mapping
 
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
+from covid_assets.storage.warehouse import WarehouseResource
+
+# Tuning knob -> (environment variable, conversion); unset variables keep the resource's default.
+SOCRATA_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {"page_size": ("SOCRATA_PAGE_SIZE", int)}
+WAREHOUSE_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "lock_timeout_s": ("COVID_DB_LOCK_TIMEOUT_S", float),
+    "statement_timeout_s": ("COVID_DB_STATEMENT_TIMEOUT_S", float),
+}
 
 
-def _secret(name: str) -> EnvVar | None:
-    return EnvVar(name) if os.getenv(name) else None
+def knobs_from_env(knobs: Mapping[str, tuple[str, Callable[[str], object]]]) -> dict[str, object]:
+    values = {}
+    for name, (variable, convert) in knobs.items():
+        if raw := os.getenv(variable, "").strip():
+            try:
+                values[name] = convert(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a valid {convert.__name__}") from None
+    return values
 
 
 def build_resources() -> dict[str, object]:
-    socrata_settings = {
-        field: convert(os.environ[variable])
-        for field, (variable, convert) in {
-            "base_url": ("SOCRATA_BASE_URL", str),
-            "dataset_id": ("SOCRATA_DATASET_ID", str),
-            "page_size": ("SOCRATA_PAGE_SIZE", int),
-            "source_file": ("SOCRATA_SOURCE_FILE", str),
-        }.items()
-        if os.getenv(variable)
-    }
     return {
-        **warehouse_resources(_secret("COVID_DB_URL") or ""),
-        "socrata": SocrataSource(app_token=_secret("SOCRATA_APP_TOKEN"), **socrata_settings),
+        **warehouse_resources(WarehouseResource(**knobs_from_env(WAREHOUSE_KNOBS))),
+        "socrata": SocrataSource(**knobs_from_env(SOCRATA_KNOBS)),
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from covid_assets.storage.warehouse import libpq_url
-from covid_assets_tests.helpers import SNAPSHOT, create_database, drop_database, fresh_database, materialize_all
+from covid_assets_tests.helpers import SNAPSHOT, create_database, drop_database, fresh_database, from_file, materialize_all
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +39,8 @@ def warehouse_url(postgres_server_url: str) -> Iterator[str]:
 def snapshot_load(postgres_server_url: str):
     """One materialization of all seven assets from the bundled snapshot, kept as a template
     database: (its name, the run's result). Tests get copies (`snapshot_warehouse`)."""
-    from covid_assets.sources.socrata import SocrataSource
-
     name, url = create_database(postgres_server_url, "snapshot_template")
-    result = materialize_all(url, SocrataSource(source_file=str(SNAPSHOT)))
+    result = materialize_all(url, from_file(SNAPSHOT))
     assert result.success
     yield name, result
     drop_database(postgres_server_url, name)

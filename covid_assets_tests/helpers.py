@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import psycopg
 from psycopg import sql
 
 from covid_assets.assets.tables import ALL_TABLES as TABLES
+from covid_assets.sources.socrata import SocrataSource, SocrataTarget
+from covid_assets.storage.warehouse import DATABASE_PART_ENV
 
 # The bundled real snapshot (provenance in covid_assets/data/README.md).
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
@@ -82,20 +85,74 @@ def table_fingerprints(url: str) -> dict[str, tuple]:
 
 
 # ------------------------------------------------------------------------------- Dagster
-def materialize_all(url: str, socrata, raise_on_error: bool = True, instance=None, run_config=None):
-    """All seven assets and their checks, in process, on the warehouse at `url`."""
+# Every variable that says where a run connects: a test sets the ones it needs, the rest are unset.
+TARGET_VARIABLES = ("COVID_DB_URL", *DATABASE_PART_ENV.values(), *SocrataTarget.ENVIRONMENT.values())
+
+
+@contextmanager
+def environment(**variables: str | None) -> Iterator[None]:
+    """Set the variables for the block (None: unset), as a deployment's environment would."""
+    saved = {name: os.environ.get(name) for name in variables}
+    try:
+        _set_environment(variables)
+        yield
+    finally:
+        _set_environment(saved)
+
+
+def _set_environment(variables: dict[str, str | None]) -> None:
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@contextmanager
+def deployment(url: str, **source: str) -> Iterator[None]:
+    """The environment of a deployment whose warehouse is `url` and whose source is `source`."""
+    with environment(**{**dict.fromkeys(TARGET_VARIABLES), "COVID_DB_URL": url, **source}):
+        yield
+
+
+def from_file(path: str | Path) -> dict[str, str]:
+    """The source variables of a deployment that reads a local export."""
+    return {"SOCRATA_SOURCE_FILE": str(path)}
+
+
+def from_api(base_url: str, app_token: str | None = None) -> dict[str, str]:
+    """The source variables of a deployment that reads the API at `base_url`."""
+    return {"SOCRATA_BASE_URL": base_url, **({"SOCRATA_APP_TOKEN": app_token} if app_token else {})}
+
+
+def materialize_all(
+    url: str, source: dict[str, str], socrata=None, raise_on_error: bool = True, instance=None, run_config=None, warehouse=None
+):
+    """All seven assets and their checks, in process, on the warehouse at `url`, reading `source`
+    (`from_file(...)` or `from_api(...)`); `socrata` and `warehouse` set the resources' tuning knobs."""
     from dagster import materialize
 
     from covid_assets.definitions import defs
     from covid_assets.storage.postgres_io import warehouse_resources
 
-    return materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources={**warehouse_resources(url), "socrata": socrata},
-        raise_on_error=raise_on_error,
-        instance=instance,
-        run_config=run_config,
-    )
+    with deployment(url, **source):
+        return materialize(
+            [*defs.assets, *defs.asset_checks],
+            resources={**warehouse_resources(warehouse), "socrata": socrata or SocrataSource()},
+            raise_on_error=raise_on_error,
+            instance=instance,
+            run_config=run_config,
+        )
+
+
+def materialize_on(url: str, assets: list, **kwargs):
+    """`materialize(assets)` with the project's IO manager, on the warehouse at `url`."""
+    from dagster import materialize
+
+    from covid_assets.storage.postgres_io import warehouse_resources
+
+    with deployment(url):
+        return materialize(assets, resources=warehouse_resources(), **kwargs)
 
 
 def failure_message(result) -> str:

@@ -15,7 +15,17 @@ from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.fake_socrata import FakeSocrata
-from covid_assets_tests.helpers import SNAPSHOT, failure_message, materialize_all, materialized, query, table_fingerprints
+from covid_assets_tests.helpers import (
+    SNAPSHOT,
+    deployment,
+    failure_message,
+    from_api,
+    from_file,
+    materialize_all,
+    materialized,
+    query,
+    table_fingerprints,
+)
 
 RAW_OP = RAW_ASSET_KEY.to_python_identifier()
 
@@ -37,7 +47,7 @@ def raw_config(**config) -> dict:
 def test_a_shrinking_source_is_refused_and_nothing_is_written(snapshot_warehouse: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
     before = table_fingerprints(snapshot_warehouse)
     shrunk = snapshot[snapshot["date"] < "2021-02-01"]  # about 10% fewer rows
-    source = SocrataSource(source_file=write_csv(shrunk, tmp_path / "shrunk.csv"))
+    source = from_file(write_csv(shrunk, tmp_path / "shrunk.csv"))
 
     result = materialize_all(snapshot_warehouse, source, raise_on_error=False)
     assert not result.success
@@ -56,7 +66,7 @@ def test_a_lost_series_is_refused_even_when_small(snapshot_warehouse: str, snaps
     without = snapshot[~((snapshot["state"] == "WY") & (snapshot["overall_outcome"] == "Inconclusive"))]
     assert len(without) > 0.99 * len(snapshot)
 
-    result = materialize_all(snapshot_warehouse, SocrataSource(source_file=write_csv(without, tmp_path / "lost.csv")), raise_on_error=False)
+    result = materialize_all(snapshot_warehouse, from_file(write_csv(without, tmp_path / "lost.csv")), raise_on_error=False)
     assert not result.success
     assert "1 (state, outcome) series disappeared: WY/Inconclusive" in failure_message(result)
     assert table_fingerprints(snapshot_warehouse) == before
@@ -70,13 +80,13 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
     instance = DagsterInstance.ephemeral()
     with FakeSocrata(snapshot.to_dict("records")) as server:
         server.rows_updated_at = 1_700_000_000
-        source = SocrataSource(base_url=server.base_url, page_size=20_000)
-        first = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
+        source, knobs = from_api(server.base_url), SocrataSource(page_size=20_000)
+        first = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
         assert len(materialized(first)) == 7
         before = table_fingerprints(warehouse_url)
 
         requests_before = len(server.requests)
-        second = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
+        second = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
         assert second.success
         assert materialized(second) == set()
         assert len(server.requests) - requests_before == 2, server.requests[requests_before:]
@@ -87,11 +97,11 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
         assert instance.get_run_by_id(second.run_id).tags.get("covid/source_unchanged") == "true"
         assert table_fingerprints(warehouse_url) == before
 
-        forced = materialize_all(warehouse_url, source, instance=instance)  # a manual run is a forced refresh
+        forced = materialize_all(warehouse_url, source, knobs, instance=instance)  # a manual run is a forced refresh
         assert len(materialized(forced)) == 7
 
         server.rows_updated_at = 1_700_086_400  # touched, same rows: one full fetch, then no write
-        touched = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
+        touched = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
         assert touched.success and materialized(touched) == set()
         assert len(server.page_requests()) > 0
 
@@ -99,14 +109,14 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
         revised.loc[0, "new_results_reported"] = str(int(revised.loc[0, "new_results_reported"]) + 1)
         server.set_rows(revised.to_dict("records"))
         server.rows_updated_at = 1_700_172_800
-        changed = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
+        changed = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
         assert len(materialized(changed)) == 7
         assert table_fingerprints(warehouse_url) != before
 
 
 def test_scheduled_run_on_an_unchanged_file_skips_the_writes(warehouse_url: str) -> None:
     instance = DagsterInstance.ephemeral()
-    source = SocrataSource(source_file=str(SNAPSHOT))
+    source = from_file(SNAPSHOT)
     assert len(materialized(materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG))) == 7
     second = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
     assert second.success and materialized(second) == set()
@@ -116,10 +126,10 @@ def test_scheduled_run_on_an_unchanged_file_skips_the_writes(warehouse_url: str)
 def test_a_rolled_back_run_is_not_taken_for_the_last_load(warehouse_url: str, snapshot: pd.DataFrame, tmp_path: Path) -> None:
     """A failed run emits its materializations before rolling back; the next scheduled run must not skip."""
     instance = DagsterInstance.ephemeral()
-    assert materialize_all(warehouse_url, SocrataSource(source_file=str(SNAPSHOT)), instance=instance).success
+    assert materialize_all(warehouse_url, from_file(SNAPSHOT), instance=instance).success
     bad = snapshot.copy()
     bad.loc[0, "state"] = "ZZ"  # same row count, fails the blocking jurisdiction check
-    source = SocrataSource(source_file=write_csv(bad, tmp_path / "zz.csv"))
+    source = from_file(write_csv(bad, tmp_path / "zz.csv"))
     first = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG, raise_on_error=False)
     assert not first.success
     again = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG, raise_on_error=False)
@@ -129,7 +139,7 @@ def test_a_rolled_back_run_is_not_taken_for_the_last_load(warehouse_url: str, sn
 
 def test_skip_requires_the_warehouse_to_still_hold_the_last_load(warehouse_url: str) -> None:
     instance = DagsterInstance.ephemeral()
-    source = SocrataSource(source_file=str(SNAPSHOT))
+    source = from_file(SNAPSHOT)
     materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
     with psycopg.connect(warehouse_url) as conn:
         conn.execute("DELETE FROM covid_19.covid_test_results WHERE state = 'AL'")
@@ -167,7 +177,7 @@ def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(
 ) -> None:
     before = table_fingerprints(snapshot_warehouse)
     unknown_state = snapshot.iloc[[0]].assign(state="ZZ", state_name="Nowhere")
-    source = SocrataSource(source_file=write_csv(pd.concat([snapshot, unknown_state]), tmp_path / "zz.csv"))
+    source = from_file(write_csv(pd.concat([snapshot, unknown_state]), tmp_path / "zz.csv"))
 
     result = materialize_all(snapshot_warehouse, source, raise_on_error=False)
     assert not result.success
@@ -184,7 +194,7 @@ def test_the_schedule_asks_for_change_detection() -> None:
 def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(snapshot_warehouse: str) -> None:
     """Postgres enforces the keys the IO manager declares; the checks still look at the rows, so a
     table whose constraint was dropped and that then took duplicates fails them, with the count."""
-    source = SocrataSource(source_file=str(SNAPSHOT))
+    source = from_file(SNAPSHOT)
     with psycopg.connect(snapshot_warehouse) as conn:
         for table, constraint in (("covid_test_results", "covid_test_results_pkey"), ("state_results", "state_results_pkey")):
             conn.execute(f"ALTER TABLE covid_19.{table} DROP CONSTRAINT {constraint}")
@@ -194,12 +204,13 @@ def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(snapshot
         wy_rows = conn.execute("SELECT count(DISTINCT (overall_outcome, date)) FROM covid_19.covid_test_results WHERE state = 'WY'").fetchone()[0]
 
     def run_checks(table: str) -> dict[tuple[str, str], object]:
-        return check_results(materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=AssetSelection.checks_for_assets(AssetKey(["covid_19", table])),
-            resources={**warehouse_resources(snapshot_warehouse), "socrata": source},
-            raise_on_error=False,
-        ))
+        with deployment(snapshot_warehouse, **source):
+            return check_results(materialize(
+                [*defs.assets, *defs.asset_checks],
+                selection=AssetSelection.checks_for_assets(AssetKey(["covid_19", table])),
+                resources={**warehouse_resources(), "socrata": SocrataSource()},
+                raise_on_error=False,
+            ))
 
     base_key = run_checks("covid_test_results")[("covid_test_results", "primary_key_unique_and_not_null")]
     assert not base_key.passed

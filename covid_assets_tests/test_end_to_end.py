@@ -14,7 +14,7 @@ from dagster import AssetKey
 
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
-from covid_assets_tests.helpers import SNAPSHOT, SNAPSHOT_ROWS, TABLES, fresh_database, materialize_all, query
+from covid_assets_tests.helpers import SNAPSHOT, SNAPSHOT_ROWS, TABLES, fresh_database, from_api, from_file, materialize_all, query
 
 
 def same_rows(actual: list[tuple], expected: list[tuple]) -> bool:
@@ -216,7 +216,7 @@ def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tm
         lines = snapshot.read().splitlines()
     lines[5] = lines[5].replace("2020-03-", "2020-13-", 1)
     broken.write_text("\n".join(lines[:1000]) + "\n")
-    result = materialize_all(url, SocrataSource(source_file=str(broken)), raise_on_error=False)
+    result = materialize_all(url, from_file(broken), raise_on_error=False)
     assert not result.success
     failure = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
     assert "1 of 999 source rows cannot be typed (bad date: 1)" in str(failure.event_specific_data.error)
@@ -251,8 +251,8 @@ def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str) -> None:
     with FakeSocrata(snapshot.to_dict("records"), max_limit=50_000) as server:
         server.faults.append(Fault.error(429, retry_after="0", where="page", offset=10_000))
         server.faults.append(Fault.error(503, where="page", offset=40_000))
-        socrata = SocrataSource(base_url=server.base_url, page_size=10_000, backoff_factor=0.01)
-        result = materialize_all(warehouse_url, socrata)
+        knobs = SocrataSource(page_size=10_000, backoff_factor=0.01)
+        result = materialize_all(warehouse_url, from_api(server.base_url), knobs)
     raw = next(
         event.materialization.metadata
         for event in result.get_asset_materialization_events()

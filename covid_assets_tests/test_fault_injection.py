@@ -28,22 +28,25 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-from dagster import AssetIn, AssetKey, AssetOut, asset, materialize, multi_asset
+from dagster import AssetIn, AssetKey, AssetOut, asset, multi_asset
 from psycopg import sql
 
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.embedded import stop_embedded_postgres
-from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets.storage.warehouse import WarehouseResource
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
 from covid_assets_tests.helpers import (
     SNAPSHOT,
     TABLES,
     create_database,
+    deployment,
     drop_database,
     failure_message,
     fresh_database,
+    from_api,
+    from_file,
     materialize_all,
+    materialize_on,
     materialized,
     query,
     table_fingerprints,
@@ -79,10 +82,9 @@ def grown_rows(snapshot_frame: pd.DataFrame) -> list[dict[str, str]]:
     return snapshot_frame[snapshot_frame["state"].isin((*STATES, GROWTH_STATE))].to_dict("records")
 
 
-def source(fake: FakeSocrata, **overrides) -> SocrataSource:
+def knobs(**overrides) -> SocrataSource:
     """Small pages, two workers, tiny backoff and timeouts: every failure comes quickly."""
     options = dict(
-        base_url=fake.base_url,
         page_size=1000,
         max_workers=2,
         backoff_factor=0.01,
@@ -97,7 +99,7 @@ def create_loaded_database(admin_url: str, prefix: str, rows_: list[dict[str, st
     """A new database holding a successful load of `rows_`, served by the fake API: its name and URL."""
     name, url = create_database(admin_url, prefix)
     with FakeSocrata(rows_) as fake:
-        result = materialize_all(url, source(fake), raise_on_error=False)
+        result = materialize_all(url, from_api(fake.base_url), knobs(), raise_on_error=False)
     assert result.success, failure_message(result)
     return name, url
 
@@ -126,9 +128,9 @@ def loaded(postgres_server_url: str, loaded_template: tuple[str, dict]) -> Itera
         yield Loaded(url, before)
 
 
-def run(url: str, fake: FakeSocrata, **source_overrides):
+def run(url: str, fake: FakeSocrata, **knob_overrides):
     started = time.monotonic()
-    result = materialize_all(url, source(fake, **source_overrides), raise_on_error=False)
+    result = materialize_all(url, from_api(fake.base_url), knobs(**knob_overrides), raise_on_error=False)
     return result, time.monotonic() - started
 
 
@@ -629,7 +631,7 @@ def test_sigkill_in_the_base_write_loses_nothing(killed_mid_base_write: Died, gr
 
     grown_csv = tmp_path / "grown.csv"
     pd.DataFrame(grown_rows).to_csv(grown_csv, index=False)
-    again = materialize_all(died.url, SocrataSource(source_file=str(grown_csv)), raise_on_error=False)
+    again = materialize_all(died.url, from_file(grown_csv), raise_on_error=False)
     assert again.success, failure_message(again)
     assert count(died.url, BASE) == len(grown_rows) and count(died.url, "covid_19.state_results") == len(STATES) + 1
 
@@ -787,14 +789,46 @@ def test_hostile_table_schema_and_column_names_are_quoted_not_executed(warehouse
         loaded_back.append(stored)
 
     for _ in range(2):  # the first run creates the table, the second replaces its rows
-        assert materialize([writer, reader], resources=warehouse_resources(warehouse_url)).success
+        assert materialize_on(warehouse_url, [writer, reader]).success
     assert query(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
     assert query(
         warehouse_url, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name LIKE 't%DROP%'"
     ) == [(key.path[0], key.path[1])]
     assert loaded_back[-1][column].tolist() == ["a", "b"] and list(loaded_back[-1].columns) == [column]
-    warehouse = WarehouseResource(database_url=warehouse_url)
-    assert warehouse.row_count(*key.path) == 2
-    assert set(warehouse.count_by(*key.path, [column])) == {("a",), ("b",)}
-    assert warehouse.row_count(HOSTILE, HOSTILE) is None  # no such table, and nothing executed
+    warehouse = WarehouseResource()
+    with deployment(warehouse_url):
+        assert warehouse.row_count(*key.path) == 2
+        assert set(warehouse.count_by(*key.path, [column])) == {("a",), ("b",)}
+        assert warehouse.row_count(HOSTILE, HOSTILE) is None  # no such table, and nothing executed
     assert query(warehouse_url, "SELECT id FROM public.victim") == [(1,)]
+
+
+# ---------------------------------------------------------------------------------------
+# An analyst's session that holds a lock: the run gives up in time and says on what it waited
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "limits, expected",
+    [
+        (dict(lock_timeout_s=1, statement_timeout_s=60), r"waited more than lock_timeout \(1 s\) for a lock"),
+        (dict(lock_timeout_s=60, statement_timeout_s=1), r"ran longer than statement_timeout \(1 s\) and was cancelled"),
+    ],
+    ids=["lock_timeout", "statement_timeout"],
+)
+def test_a_lock_held_by_an_analyst_times_out_naming_the_statement_and_the_holder(
+    loaded: Loaded, grown_rows: list[dict[str, str]], limits: dict, expected: str
+) -> None:
+    with psycopg.connect(loaded.url, application_name="analyst-report") as analyst:
+        analyst.execute("LOCK TABLE covid_19.covid_test_results IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        with FakeSocrata(grown_rows) as fake:
+            started = time.monotonic()
+            result = materialize_all(
+                loaded.url, from_api(fake.base_url), knobs(), raise_on_error=False, warehouse=WarehouseResource(**limits)
+            )
+            elapsed = time.monotonic() - started
+    assert not result.success
+    message = failure_message(result)
+    assert re.search(expected, message), message
+    assert 'statement `SELECT "state", "overall_outcome", count(*) FROM "covid_19"."covid_test_results"' in message, message
+    assert re.search(r"pid \d+ \(user \w+, application analyst-report, idle in transaction", message), message
+    assert elapsed < 30, f"the run waited {elapsed:.0f} s"
+    assert table_fingerprints(loaded.url) == loaded.before

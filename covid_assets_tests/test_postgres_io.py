@@ -9,10 +9,9 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pytest
-from dagster import AssetIn, AssetKey, asset, materialize
+from dagster import AssetIn, AssetKey, asset
 
-from covid_assets.storage.postgres_io import warehouse_resources
-from covid_assets_tests.helpers import query
+from covid_assets_tests.helpers import deployment, materialize_on, query
 
 DATE = pd.ArrowDtype(pa.date32())
 
@@ -42,7 +41,7 @@ def store_and_load(url: str, frame: pd.DataFrame, key_prefix: str = "scratch", *
     def reader(stored: pd.DataFrame) -> None:
         loaded["frame"] = stored
 
-    result = materialize([stored, reader], resources=warehouse_resources(url))
+    result = materialize_on(url, [stored, reader])
     assert result.success
     return loaded["frame"]
 
@@ -111,11 +110,7 @@ def keyed_frame(keys: list[str]) -> pd.DataFrame:
 
 
 def materialize_keyed(url: str, frame: pd.DataFrame, raise_on_error: bool = True):
-    return materialize(
-        [keyed_asset(frame)],
-        resources=warehouse_resources(url),
-        raise_on_error=raise_on_error,
-    )
+    return materialize_on(url, [keyed_asset(frame)], raise_on_error=raise_on_error)
 
 
 def test_declared_primary_key_is_created(warehouse_url: str) -> None:
@@ -241,7 +236,7 @@ def test_hostile_configured_schema_name_is_quoted_not_executed(warehouse_url: st
     def stored() -> pd.DataFrame:
         return keyed_frame(["a"])
 
-    materialize([stored], resources=warehouse_resources(warehouse_url))
+    materialize_on(warehouse_url, [stored])
     assert query(warehouse_url, "SELECT count(*) FROM public.victim") == [(0,)]
     assert query(warehouse_url, "SELECT schemaname FROM pg_tables WHERE tablename = 'stored'") == [(hostile,)]
 
@@ -252,7 +247,7 @@ def test_none_output_is_rejected(warehouse_url: str) -> None:
         return None  # type: ignore[return-value]
 
     with pytest.raises(Exception, match="None"):
-        materialize([nothing], resources=warehouse_resources(warehouse_url))
+        materialize_on(warehouse_url, [nothing])
 
 
 def test_reordered_columns_rebuild_the_table(warehouse_url: str) -> None:
@@ -265,9 +260,10 @@ def test_the_warehouse_used_outside_a_run_leaves_no_open_transaction(warehouse_u
     from covid_assets.storage.warehouse import WarehouseResource
 
     materialize_keyed(warehouse_url, keyed_frame(["a"]))
-    warehouse = WarehouseResource(database_url=warehouse_url)
-    assert warehouse.row_count("scratch", "keyed") == 1
-    assert warehouse.row_count("scratch", "missing") is None
+    warehouse = WarehouseResource()
+    with deployment(warehouse_url):
+        assert warehouse.row_count("scratch", "keyed") == 1
+        assert warehouse.row_count("scratch", "missing") is None
     idle = query(
         warehouse_url,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND starts_with(state, 'idle in transaction')",

@@ -21,10 +21,11 @@ from covid_assets.sources.socrata import (
     SocrataClient,
     SocrataError,
     SocrataSource,
+    SocrataTarget,
     read_export_file,
 )
 from covid_assets_tests.fake_socrata import FakeSocrata, Fault
-from covid_assets_tests.helpers import SNAPSHOT
+from covid_assets_tests.helpers import SNAPSHOT, environment, from_api, from_file
 
 # "thread" so that a hang inside a worker thread still ends the run.
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -481,7 +482,7 @@ def test_token_sent_as_header_and_never_shown(server: FakeSocrata, captured_logs
         assert TOKEN not in str(error) and TOKEN not in repr(error) and TOKEN not in str(error.url)
     assert captured_logs.lines and TOKEN not in captured_logs.text
     assert TOKEN not in repr(client)
-    assert TOKEN not in repr(SocrataSource(app_token=TOKEN))
+    assert TOKEN not in repr(SocrataTarget(app_token=TOKEN))
 
 
 # ---------------------------------------------------------------------------------------
@@ -711,16 +712,17 @@ def test_empty_row_objects_are_not_mistaken_for_rows(server: FakeSocrata) -> Non
 # Dagster resource
 # ---------------------------------------------------------------------------------------
 def test_resource_reads_file_when_source_file_set(server: FakeSocrata) -> None:
-    source = SocrataSource(base_url=server.base_url, source_file=str(SAMPLE_JSON))
-    extract = source.extract()
+    with environment(**from_api(server.base_url), **from_file(SAMPLE_JSON)):
+        extract = SocrataSource().extract()
     assert len(extract.frame) == 1000 and extract.source == str(SAMPLE_JSON)
     assert server.requests == []  # the API was not touched
 
 
 def test_resource_fetches_from_api(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
-    source = SocrataSource(base_url=server.base_url, app_token=TOKEN, page_size=200, max_workers=2, max_retries=1)
+    source = SocrataSource(page_size=200, max_workers=2, max_retries=1)
     seen: list[int] = []
-    extract = source.extract(progress=lambda n, total: seen.append(n))
+    with environment(**from_api(server.base_url, app_token=TOKEN)):
+        extract = source.extract(progress=lambda n, total: seen.append(n))
     assert records(extract) == rows
     assert seen[-1] == len(rows)
     assert all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
@@ -733,9 +735,10 @@ def test_invalid_configuration_is_reported() -> None:
         SocrataClient(base_url="healthdata.gov")
 
 
-def test_a_run_asks_for_the_count_once(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_a_run_asks_for_the_count_once(server: FakeSocrata, monkeypatch: pytest.MonkeyPatch) -> None:
     """The signature's count(*) is reused by the fetch; growth since then is still followed."""
-    source = SocrataSource(base_url=server.base_url, page_size=200, max_workers=2)
+    monkeypatch.setenv("SOCRATA_BASE_URL", server.base_url)
+    source = SocrataSource(page_size=200, max_workers=2)
     signature = source.signature()
     server.extend_rows(make_rows(460)[450:])  # ten rows arrive between the signature and the fetch
     extract = source.extract(known_count=signature.row_count)

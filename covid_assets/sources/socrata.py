@@ -26,12 +26,13 @@ import io
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Optional, Sequence
+from typing import IO, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlencode
 
 import dagster as dg
@@ -39,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import requests
 import tenacity
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
@@ -51,6 +52,7 @@ __all__ = [
     "SocrataClient",
     "SocrataError",
     "SocrataSource",
+    "SocrataTarget",
     "SourceSignature",
     "read_export_file",
 ]
@@ -742,31 +744,65 @@ def read_export_file(path: str | Path) -> Extract:
 # --------------------------------------------------------------------------------------
 # Dagster resource
 # --------------------------------------------------------------------------------------
-class SocrataSource(dg.ConfigurableResource):
-    """Where the raw rows come from: the live Socrata API, or a local export when `source_file` is set."""
+DEFAULT_BASE_URL = "https://healthdata.gov"
+DEFAULT_DATASET_ID = "j8mb-icvb"
 
-    base_url: str = Field(default="https://healthdata.gov", description="Socrata domain, e.g. https://healthdata.gov")
-    dataset_id: str = Field(default="j8mb-icvb", description="Socrata four-by-four dataset id")
-    app_token: Optional[str] = Field(
-        default=None,
-        repr=False,
-        description="Socrata app token (raises throttling limits); sent only as the X-App-Token header, never logged",
-    )
-    page_size: int = Field(default=50_000, description="Rows per page request ($limit)")
-    max_workers: int = Field(default=4, description="Concurrent page requests")
-    connect_timeout_s: float = Field(default=10.0, description="TCP connect timeout per attempt")
-    read_timeout_s: float = Field(default=120.0, description="Read timeout per attempt")
-    max_retries: int = Field(default=6, description="Retries per request for 202/429/5xx, resets and timeouts")
-    backoff_factor: float = Field(default=0.5, description="Exponential backoff base in seconds (with jitter)")
-    source_file: Optional[str] = Field(
-        default=None, description="Read this local export (JSON or CSV, optionally gzipped) instead of the API"
-    )
+
+@dataclass(frozen=True)
+class SocrataTarget:
+    """Where the rows come from and which secret goes with them.
+
+    Anyone who reaches the UI can launch runs with their own run config, so none of this is a
+    config field: it is read from the deployment's environment when a run starts.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    dataset_id: str = DEFAULT_DATASET_ID
+    app_token: str | None = field(default=None, repr=False)
+    source_file: str | None = None
+
+    ENVIRONMENT: ClassVar[dict[str, str]] = {
+        "base_url": "SOCRATA_BASE_URL",
+        "dataset_id": "SOCRATA_DATASET_ID",
+        "app_token": "SOCRATA_APP_TOKEN",
+        "source_file": "SOCRATA_SOURCE_FILE",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SocrataTarget:
+        environ = os.environ if environ is None else environ
+        return cls(**{name: environ[variable] for name, variable in cls.ENVIRONMENT.items() if environ.get(variable)})
+
+
+class SocrataSource(dg.ConfigurableResource):
+    """The source of the raw rows: the Socrata API, or a local export when `SOCRATA_SOURCE_FILE` is set.
+
+    Its config holds only bounded tuning knobs; where it connects and the app token come from the
+    environment (`SocrataTarget`), so run config cannot send the token, or anything, elsewhere.
+    """
+
+    page_size: int = Field(default=50_000, ge=1, le=50_000, description="Rows per page request ($limit)")
+    max_workers: int = Field(default=4, ge=1, le=16, description="Concurrent page requests")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP connect timeout per attempt")
+    read_timeout_s: float = Field(default=120.0, gt=0, le=600, description="Read timeout per attempt")
+    max_retries: int = Field(default=6, ge=0, le=20, description="Retries per request for 202/429/5xx, resets and timeouts")
+    backoff_factor: float = Field(default=0.5, ge=0, le=60, description="Exponential backoff base in seconds (with jitter)")
+    _target: SocrataTarget | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._target = SocrataTarget.from_env()
+
+    @property
+    def target(self) -> SocrataTarget:
+        """The run's target (read at run start); outside a run, the environment as it is now."""
+        return self._target or SocrataTarget.from_env()
 
     def client(self, **overrides: Any) -> SocrataClient:
+        target = self.target
         settings = dict(
-            base_url=self.base_url,
-            dataset_id=self.dataset_id,
-            app_token=self.app_token,
+            base_url=target.base_url,
+            dataset_id=target.dataset_id,
+            app_token=target.app_token,
             page_size=self.page_size,
             max_workers=self.max_workers,
             connect_timeout_s=self.connect_timeout_s,
@@ -778,13 +814,13 @@ class SocrataSource(dg.ConfigurableResource):
 
     def signature(self) -> SourceSignature | None:
         """What the API says about the data now (None for a local file: its content is the evidence)."""
-        if self.source_file:
+        if self.target.source_file:
             return None
         # Cheap evidence only: on trouble, fail fast and let the full fetch (with all its retries) decide.
         return self.client(max_retries=min(self.max_retries, 1)).signature()
 
     def extract(self, progress: ProgressFn | None = None, known_count: int | None = None) -> Extract:
         """The full raw table; progress is reported for API fetches only (see `fetch_all` for `known_count`)."""
-        if self.source_file:
-            return read_export_file(self.source_file)
+        if source_file := self.target.source_file:
+            return read_export_file(source_file)
         return self.client().fetch_all(progress, known_count)

@@ -18,7 +18,6 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
-DATABASE_URL_ENV = "COVID_DB_URL"
 DATA_DIR_ENV = "COVID_PGDATA"
 DEFAULT_DATA_DIR = Path.home() / ".covid_assets" / "pgdata"
 WAREHOUSE_DATABASE = "covid"
@@ -43,8 +42,10 @@ def start_embedded_postgres(data_dir: Path | None = None, database: str = WAREHO
 
 
 def warehouse_url() -> str:
-    """The warehouse to use: `COVID_DB_URL` when set, else the embedded server."""
-    return os.environ.get(DATABASE_URL_ENV) or start_embedded_postgres()
+    """The warehouse to use: the configured one (`COVID_DB_URL` or `COVID_DB_HOST`...), else the embedded server."""
+    from covid_assets.storage.warehouse import resolve_database_url  # that module imports this one
+
+    return resolve_database_url()
 
 
 def _create_database_if_missing(admin_url: str, database: str) -> None:

@@ -261,7 +261,7 @@ def _execute(connection: adbc.Connection, statement: sql.Composable) -> None:
 class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     """Stores each asset as the Postgres table `<key prefix>.<asset name>`.
 
-    `warehouse` is the run's transaction (`storage/warehouse.py`; empty URL = embedded Postgres).
+    `warehouse` is the run's transaction (`storage/warehouse.py`: its target comes from the environment).
     Declare a primary key with asset metadata `{"primary_key": ["col", ...]}` and column
     descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
     with `AssetIn(metadata={"columns": [...]})`.
@@ -279,7 +279,7 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
         )
 
 
-def warehouse_resources(database_url: object = "") -> dict[str, object]:
+def warehouse_resources(warehouse: WarehouseResource | None = None) -> dict[str, object]:
     """The IO manager and the guards/checks resource, sharing one run transaction."""
-    warehouse = WarehouseResource(database_url=database_url)
+    warehouse = warehouse or WarehouseResource()
     return {"io_manager": PostgresPandasIOManager(warehouse=warehouse), "warehouse": warehouse}
