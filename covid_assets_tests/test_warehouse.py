@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from covid_assets.storage.warehouse import configured_database_url
+from covid_assets.storage.warehouse import SessionLimits, WarehouseConnectError, configured_database_url, connect
 
 AWKWARD_PASSWORD = "p%40ss@w/rd:' \\ x"  # a % escape, @, /, :, a quote, a backslash and a space
 
@@ -36,3 +36,10 @@ def test_covid_db_url_wins_and_no_configuration_means_embedded() -> None:
 def test_the_example_password_is_refused() -> None:
     with pytest.raises(ValueError, match="COVID_DB_PASSWORD is still the example password"):
         configured_database_url({"COVID_DB_HOST": "db", "COVID_DB_USER": "u", "COVID_DB_PASSWORD": "change-me"})
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:secret%pw@127.0.0.1:1/db", "postgresql://u:secretpw@127.0.0.1:1/db"])
+def test_a_connection_error_never_quotes_the_password(url: str) -> None:
+    with pytest.raises(WarehouseConnectError) as error:
+        connect(url, SessionLimits(lock_timeout_s=1, statement_timeout_s=1))
+    assert "secret" not in str(error.value) and "cannot connect to the warehouse" in str(error.value)

@@ -90,6 +90,26 @@ class SessionLimits:
         connection.commit()
 
 
+class WarehouseConnectError(RuntimeError):
+    """The warehouse could not be reached; the message never carries the password or a piece of it."""
+
+
+def _without_password(message: str, url: str) -> str:
+    """libpq may quote a malformed URL's pieces back ("invalid percent-encoded token: ..."): drop any
+    quoted piece of the password, and the password itself."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        match = re.match(r"^[\w+.-]+://[^:/@]*:(.*)@[^@]*$", url)
+        password = match.group(1) if match else None
+    if not password:
+        return message
+    for quoted in re.findall(r'"([^"]*)"', message):
+        if quoted and quoted in password:
+            message = message.replace(f'"{quoted}"', '"***"')
+    return message.replace(password, "***")
+
+
 class WarehouseTimeoutError(RuntimeError):
     """A statement waited on a lock, or ran, longer than the session allows; says which and on what."""
 
@@ -135,7 +155,10 @@ class _RunTransaction:
 
 
 def connect(url: str, limits: SessionLimits) -> adbc.Connection:
-    connection = adbc.connect(url)
+    try:
+        connection = adbc.connect(url)
+    except adbc.Error as error:
+        raise WarehouseConnectError(f"cannot connect to the warehouse: {_without_password(str(error), url)}") from None
     try:
         limits.apply(connection)
     except BaseException:
