@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from covid_assets.storage.embedded import WAREHOUSE_DATABASE, start_embedded_postgres, stop_embedded_postgres, warehouse_url
+from covid_assets.storage.embedded import (
+    MAX_DATA_DIR_BYTES,
+    WAREHOUSE_DATABASE,
+    EmbeddedPostgresError,
+    start_embedded_postgres,
+    stop_embedded_postgres,
+    warehouse_url,
+)
 
 
 @pytest.fixture
@@ -40,3 +48,38 @@ def test_covid_db_url_wins_over_the_embedded_default(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("COVID_PGDATA", str(tmp_path / "never-created"))
     assert warehouse_url() == "postgresql://analyst@db.example/warehouse"
     assert not (tmp_path / "never-created").exists()
+
+
+def psql_as_nobody(url: str) -> subprocess.CompletedProcess:
+    """psql (pgserver's own, which pgserver makes readable for its server user) as OS user nobody."""
+    import pgserver
+
+    psql = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    return subprocess.run(
+        [str(psql), url, "-tAc", "SELECT current_user"], user="nobody", group="nogroup", extra_groups=[],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another OS user")
+@pytest.mark.parametrize("extra_bytes", [0, 1], ids=["longest-allowed", "one-byte-longer"])
+def test_another_os_user_never_reaches_the_server(tmp_path: Path, extra_bytes: int) -> None:
+    """Trust authentication makes whoever reaches the socket superuser. pgserver moves the socket of
+    a data directory too long for a Unix socket path into a shared runtime directory: such a
+    directory is refused, and the longest one allowed keeps its socket private."""
+    data_dir = tmp_path / "pgdata"
+    data_dir = data_dir.with_name("pgdata" + "x" * (MAX_DATA_DIR_BYTES - len(str(data_dir)) + extra_bytes))
+    try:
+        url = start_embedded_postgres(data_dir)
+    except EmbeddedPostgresError as error:
+        assert extra_bytes and "COVID_PGDATA is too long" in str(error)
+        assert not data_dir.exists()
+        return
+    try:
+        with psycopg.connect(url) as conn:  # root, the server's owner here, still gets in
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        other = psql_as_nobody(url)
+        assert other.returncode != 0, f"OS user nobody logged in as {other.stdout.strip()!r}"
+        assert "Permission denied" in other.stderr
+    finally:
+        assert stop_embedded_postgres(data_dir)

@@ -4,6 +4,10 @@ When `COVID_DB_URL` is unset, every process of a run (and `dagster dev`) calls
 `warehouse_url()`; the first one starts the server, the others find it running in the
 same data directory and reuse it. The server outlives the process so that the next run,
 `dagster dev` and psql all see the same tables.
+
+pgserver sets up trust authentication: whoever reaches the Unix socket is superuser. The socket
+therefore stays in the data directory, which Postgres keeps private to the user the server runs
+as (mode 0700; as root, pgserver runs it as its own user `pgserver`, and root still gets in).
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from psycopg import errors, sql
 DATA_DIR_ENV = "COVID_PGDATA"
 DEFAULT_DATA_DIR = Path.home() / ".covid_assets" / "pgdata"
 WAREHOUSE_DATABASE = "covid"
+# Longest data directory whose socket path (+ "/.s.PGSQL.5432"; pgserver keeps port 5432) Postgres
+# accepts: sizeof(sun_path) - 1 bytes.
+MAX_DATA_DIR_BYTES = (103 if sys.platform == "darwin" else 107) - len("/.s.PGSQL.5432")
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server cannot be used safely with this data directory."""
 
 
 def embedded_data_dir() -> Path:
@@ -30,15 +41,33 @@ def embedded_data_dir() -> Path:
 
 def start_embedded_postgres(data_dir: Path | None = None, database: str = WAREHOUSE_DATABASE) -> str:
     """Start (or reuse) the embedded server and return a libpq URL for `database`."""
-    data_dir = data_dir or embedded_data_dir()
+    data_dir = (data_dir or embedded_data_dir()).expanduser().resolve()
+    _refuse_a_shared_socket(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs complains when XDG_RUNTIME_DIR is unset; harmless
         import pgserver  # imported lazily: deployments with COVID_DB_URL never need it
 
         server = pgserver.get_server(data_dir, cleanup_mode=None)
+    socket_dir = server.get_postmaster_info().socket_dir
+    if socket_dir != data_dir:
+        raise EmbeddedPostgresError(
+            f"the embedded Postgres of {data_dir} listens in {socket_dir}, not in its private data directory; "
+            "stop it (python -m covid_assets.storage.embedded stop)"
+        )
     _create_database_if_missing(server.get_uri(), database)
     return server.get_uri(database)
+
+
+def _refuse_a_shared_socket(data_dir: Path) -> None:
+    """When the socket path would be too long, pgserver moves the socket to a shared runtime
+    directory (world-writable when run as root), where any local OS user would log in as superuser."""
+    length = len(os.fsencode(data_dir))
+    if length > MAX_DATA_DIR_BYTES:
+        raise EmbeddedPostgresError(
+            f"{DATA_DIR_ENV} is too long for the embedded Postgres: {str(data_dir)[:300]!r} has {length} bytes; at most "
+            f"{MAX_DATA_DIR_BYTES} keep its Unix socket in the data directory, out of other OS users' reach. Choose a shorter {DATA_DIR_ENV}"
+        )
 
 
 def warehouse_url() -> str:
