@@ -76,7 +76,7 @@ def test_another_os_user_never_reaches_the_server(tmp_path: Path, extra_bytes: i
         assert not data_dir.exists()
         return
     try:
-        with psycopg.connect(url) as conn:  # root, the server's owner here, still gets in
+        with psycopg.connect(url) as conn:  # root still gets in (the server runs as user pgserver)
             assert conn.execute("SELECT 1").fetchone() == (1,)
         other = psql_as_nobody(url)
         assert other.returncode != 0, f"OS user nobody logged in as {other.stdout.strip()!r}"
