@@ -9,11 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/dagster/app
 
-# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
-COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them; at the
+# versions pinned in docker/constraints.txt (docker/refresh-constraints.sh), so every build is the same.
+COPY pyproject.toml docker/constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
-    && pip install -r requirements.txt
+    && pip install -r requirements.txt -c constraints.txt
 
 # Then the code location itself.
 COPY README.md ./
@@ -25,6 +26,9 @@ RUN pip install --no-deps . \
 
 # The instance (Postgres storage, daemon scheduler, run queue) and the workspace (the code server).
 COPY dagster.yaml workspace.yaml /opt/dagster/dagster_home/
+COPY docker/refuse-example-passwords.sh /usr/local/bin/
 USER dagster
 WORKDIR /opt/dagster/dagster_home
 EXPOSE 3000 4000
+# Every service refuses to start with a password left at the example of .env.example.
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/refuse-example-passwords.sh"]

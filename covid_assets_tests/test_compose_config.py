@@ -3,7 +3,10 @@
 No Docker here, so the Compose stack cannot be started; this test catches, statically, what a user
 would hit on `docker compose up`: a variable a file reads that nothing provides, a credential that
 does not match the database it is meant for, a host or port nobody serves, a service started before
-what it needs is healthy, a port published on every interface, a secret written into a file.
+what it needs is healthy, a port published on every interface, a secret written into a file. And what
+an operator might not notice: one role doing two jobs (Dagster's storage, the pipeline, analysts, the
+superuser), a reader that cannot read tables created later or can write, a service that starts with
+the example passwords, an image whose dependency versions are not pinned.
 
 `check_deployment(files)` takes the paths, so the second half of this module breaks each rule in a
 copy of the files and makes sure the checker notices.
@@ -11,27 +14,47 @@ copy of the files and makes sure the checker notices.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import functools
+import hashlib
+import hmac
+import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import tomllib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import psycopg
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from psycopg import sql
+
+from covid_assets.assets.tables import RAW_SCHEMA, SCHEMA
+from covid_assets.sources.socrata import SocrataSource
+from covid_assets_tests.helpers import SNAPSHOT, TABLES, create_database, drop_database, materialize_all
 
 REPO = Path(__file__).parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 ALL_INTERFACES = {"0.0.0.0", "::", "[::]"}
 # Set by the official postgres image itself, so init scripts may read them without Compose's help.
 POSTGRES_IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA", "POSTGRES_INITDB_ARGS", "PGUSER", "PGPORT"}
-# The code location starts an embedded Postgres when this is missing: inside a container that would
-# be a warehouse that silently disappears with the container.
-REQUIRED_BY_CODE = ("COVID_DB_URL",)
+# The code location starts an embedded Postgres when it gets no warehouse: inside a container that would
+# be a warehouse that silently disappears with the container. Either way of naming it will do.
+WAREHOUSE_SETTINGS = (("COVID_DB_URL",), ("COVID_DB_HOST", "COVID_DB_PORT", "COVID_DB_NAME", "COVID_DB_USER", "COVID_DB_PASSWORD"))
+WAREHOUSE_SCHEMAS = (RAW_SCHEMA, SCHEMA)
+# What analysts' read-only role may be granted.
+READ_PRIVILEGES = {"SELECT", "USAGE", "CONNECT"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY$", re.IGNORECASE)
 INTERPOLATION = re.compile(
     r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
@@ -49,6 +72,8 @@ class DeploymentFiles:
     gitignore: Path | None = None
     dockerignore: Path | None = None
     code_dir: Path | None = None  # the Python package whose environment variables the code server must get
+    pyproject: Path | None = None
+    constraints: Path | None = None  # the versions the Dockerfile installs
 
     @classmethod
     def in_directory(cls, root: Path) -> DeploymentFiles:
@@ -61,6 +86,8 @@ class DeploymentFiles:
             gitignore=root / ".gitignore",
             dockerignore=root / ".dockerignore",
             code_dir=root / "covid_assets",
+            pyproject=root / "pyproject.toml",
+            constraints=root / "docker" / "constraints.txt",
         )
 
 
@@ -171,6 +198,9 @@ class Dockerfile:
     env: dict[str, str]
     workdir: str
     copies: dict[str, str]  # source file name -> destination path in the image
+    sources: dict[str, str]  # destination path in the image -> source path in the build context
+    runs: list[str]
+    entrypoint: list[str]
 
 
 def read_dockerfile(path: Path) -> Dockerfile:
@@ -178,6 +208,9 @@ def read_dockerfile(path: Path) -> Dockerfile:
     env: dict[str, str] = {}
     workdir = "/"
     copies: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    runs: list[str] = []
+    entrypoint: list[str] = []
 
     def expand(value: str) -> str:
         return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), m.group(0)), value.strip("\"'"))
@@ -200,14 +233,19 @@ def read_dockerfile(path: Path) -> Dockerfile:
             workdir = str(Path(workdir) / expand(rest.strip()))
         elif instruction in ("COPY", "ADD"):
             parts = [part for part in shlex.split(rest) if not part.startswith("--")]
-            *sources, destination = parts
-            destination = expand(destination)
+            destination = expand(parts[-1])
+            into_directory = destination.endswith("/") or len(parts) > 2
             if not destination.startswith("/"):
                 destination = str(Path(workdir) / destination)
-            for source in sources:
+            for source in parts[:-1]:
                 name = Path(source).name
-                copies[name] = str(Path(destination) / name) if destination.endswith("/") or len(sources) > 1 else destination
-    return Dockerfile(env, workdir, copies)
+                copies[name] = str(Path(destination) / name) if into_directory else destination
+                sources[copies[name]] = source
+        elif instruction == "RUN":
+            runs.append(rest)
+        elif instruction == "ENTRYPOINT":
+            entrypoint = json.loads(rest) if rest.startswith("[") else ["/bin/sh", "-c", rest]
+    return Dockerfile(env, workdir, copies, sources, runs, entrypoint)
 
 
 def ignores(ignore_file: Path, name: str) -> bool:
@@ -222,6 +260,201 @@ def ignores(ignore_file: Path, name: str) -> bool:
         if fnmatch.fnmatchcase(name, pattern):
             ignored = not negated
     return ignored
+
+
+# --------------------------------------------------------------------------- the roles an init script sets up
+
+IDENT = r'("[^"]*"|[\w$]+)'
+
+
+def unquoted(name: str) -> str:
+    return name.strip().strip('"')
+
+
+def sql_names(text: str) -> list[str]:
+    return [unquoted(part) for part in text.split(",")]
+
+
+def privilege_set(text: str) -> set[str]:
+    aliases = {"TEMP": "TEMPORARY", "ALL PRIVILEGES": "ALL"}
+    return {aliases.get(name.upper(), name.upper()) for name in sql_names(text)}
+
+
+@dataclass(frozen=True)
+class Grant:
+    privileges: set[str]
+    on: str  # e.g. "DATABASE", "SCHEMA", "TABLES (default privileges)"; "" for a role membership
+    objects: list[str] | None  # None: every schema (default privileges without IN SCHEMA)
+    grantees: list[str]
+    owner: str | None = None  # default privileges: for objects this role creates
+
+
+@dataclass
+class RoleSetup:
+    """Roles, owners and grants of an init script's SQL (its psql variables already replaced)."""
+
+    passwords: dict[str, str | None]
+    database_owners: dict[str, str]
+    schema_owners: dict[str, str]
+    grants: list[Grant]
+
+    def privileges(self, role: str, on: str, name: str | None) -> set[str]:
+        found: set[str] = set()
+        for grant in self.grants:
+            if role in grant.grantees and grant.on == on and name in (grant.objects or []):
+                found |= grant.privileges
+        return found
+
+
+def read_role_setup(script: str, env: dict[str, str | None]) -> RoleSetup:
+    """The SQL fed to psql in heredocs, `:"var"`/`:'var'` replaced by the values of the shell variables
+    they are set from (`-v var="$NAME"`), read statement by statement."""
+    superuser = env.get("POSTGRES_USER") or "postgres"
+    psql_vars = dict(re.findall(r"-v\s+(\w+)=\"?\$\{?(\w+)\}?\"?", script))
+    body = "\n".join(text for _, text in re.findall(r"<<-?\s*'?(\w+)'?\n(.*?)\n\1\n", script, re.DOTALL))
+    body = re.sub(r":([\"'])(\w+)\1", lambda m: m.group(1) + str(env.get(psql_vars.get(m.group(2), "")) or "") + m.group(1), body)
+    body = re.sub(r"--[^\n]*|^\\\w+[^\n]*$", ";", body, flags=re.MULTILINE)
+    setup = RoleSetup({superuser: env.get("POSTGRES_PASSWORD")}, {}, {}, [])
+    setup.database_owners[env.get("POSTGRES_DB") or superuser] = superuser
+    for statement in (" ".join(part.split()) for part in body.split(";")):
+        if match := re.fullmatch(rf"CREATE (?:ROLE|USER) {IDENT}(.*)", statement, re.IGNORECASE):
+            password = re.search(r"PASSWORD '([^']*)'", match.group(2))
+            setup.passwords[unquoted(match.group(1))] = password.group(1) if password else None
+        elif match := re.fullmatch(rf"CREATE DATABASE {IDENT}(?: (?:WITH )?OWNER =? ?{IDENT})?.*", statement, re.IGNORECASE):
+            setup.database_owners[unquoted(match.group(1))] = unquoted(match.group(2) or superuser)
+        elif match := re.fullmatch(rf"ALTER DATABASE {IDENT} OWNER TO {IDENT}", statement, re.IGNORECASE):
+            setup.database_owners[unquoted(match.group(1))] = unquoted(match.group(2))
+        elif match := re.fullmatch(rf"CREATE SCHEMA (?:IF NOT EXISTS )?{IDENT}(?: AUTHORIZATION {IDENT})?.*", statement, re.IGNORECASE):
+            setup.schema_owners[unquoted(match.group(1))] = unquoted(match.group(2) or superuser)
+        elif match := re.fullmatch(r"GRANT (.+?)(?: ON (ALL TABLES IN SCHEMA|DATABASE|SCHEMA|TABLE)? ?(.+?))? TO (.+?)(?: WITH .*)?", statement, re.IGNORECASE):
+            what, kind, objects, grantees = match.groups()
+            privileges, on = (privilege_set(what), (kind or "TABLE").upper()) if objects else ({f"membership in {', '.join(sql_names(what))}"}, "")
+            setup.grants.append(Grant(privileges, on, sql_names(objects or ""), sql_names(grantees)))
+        elif match := re.fullmatch(
+            rf"ALTER DEFAULT PRIVILEGES(?: FOR (?:ROLE|USER) {IDENT})?(?: IN SCHEMA (.+?))? GRANT (.+?) ON (\w+) TO (.+?)(?: WITH .*)?", statement, re.IGNORECASE
+        ):
+            owner, schemas, what, kind, grantees = match.groups()
+            setup.grants.append(
+                Grant(privilege_set(what), f"{kind.upper()} (default privileges)", sql_names(schemas) if schemas else None,
+                      sql_names(grantees), unquoted(owner or superuser))
+            )  # fmt: skip
+    return setup
+
+
+def check_roles(setup: RoleSetup, superuser: str, logins: dict[str, tuple[str, str | None]], where: str) -> list[str]:
+    """One role per job (Dagster's storage, the pipeline, analysts), none of them the superuser; each
+    with what its job needs and no more. `logins`: job -> (role, database) as the services log in."""
+    problems: list[str] = []
+    storage, dagster_db = logins.get("Dagster's storage", (None, None))
+    pipeline, warehouse_db = logins.get("the pipeline", (None, None))
+    reads_later = [g for g in setup.grants if g.on == "TABLES (default privileges)" and "SELECT" in g.privileges]
+    readers = sorted({role for grant in reads_later for role in grant.grantees})
+    jobs = [(job, role) for job, (role, _) in logins.items()] + [("analysts' read-only role", role) for role in readers]
+    for index, (job, role) in enumerate(jobs):
+        if role == superuser:
+            problems.append(f"{where}: {job} uses the superuser {role!r}; give it a role of its own, created by the init script")
+        for other, other_role in jobs[index + 1 :]:
+            if role is not None and role == other_role:
+                problems.append(f"{where}: {job} and {other} share the role {role!r}; give each its own")
+    if storage is not None:
+        if dagster_db is not None and setup.database_owners.get(dagster_db) != storage:
+            problems.append(
+                f"{where}: Dagster's database {dagster_db!r} is owned by {setup.database_owners.get(dagster_db)!r}, "
+                f"not by the role Dagster logs in as ({storage!r})"
+            )
+        owned = sorted({f"database {db}" for db, owner in setup.database_owners.items() if owner == storage and db != dagster_db}
+                       | {f"schema {schema}" for schema, owner in setup.schema_owners.items() if owner == storage})  # fmt: skip
+        if owned:
+            problems.append(f"{where}: Dagster's storage role {storage!r} also owns {', '.join(owned)}; it should own Dagster's database only")
+    if pipeline is not None:
+        for schema in WAREHOUSE_SCHEMAS:
+            if setup.schema_owners.get(schema) != pipeline:
+                problems.append(
+                    f"{where}: the init script does not create schema {schema} owned by the pipeline's role {pipeline!r} "
+                    f"(CREATE SCHEMA {schema} AUTHORIZATION ...)"
+                )
+        lacking = {"CONNECT", "CREATE", "TEMPORARY"} - setup.privileges(pipeline, "DATABASE", warehouse_db)
+        if setup.database_owners.get(warehouse_db) != pipeline and lacking:
+            problems.append(
+                f"{where}: the pipeline's role {pipeline!r} lacks {', '.join(sorted(lacking))} on the warehouse database {warehouse_db!r} "
+                "(a run creates its schemas if missing and stages rows in temporary tables)"
+            )
+    if not readers:
+        problems.append(
+            f"{where}: no read-only role for analysts that also reads tables created later "
+            "(ALTER DEFAULT PRIVILEGES FOR ROLE <pipeline> IN SCHEMA ... GRANT SELECT ON TABLES TO <reader>)"
+        )
+    for reader in readers:
+        for schema in WAREHOUSE_SCHEMAS:
+            if not any(reader in g.grantees and g.owner == pipeline and (g.objects is None or schema in g.objects) for g in reads_later):
+                problems.append(
+                    f"{where}: {reader!r} would not read the tables the pipeline ({pipeline!r}) creates later in {schema} "
+                    f"(ALTER DEFAULT PRIVILEGES FOR ROLE {pipeline} IN SCHEMA {schema} GRANT SELECT ON TABLES TO {reader})"
+                )
+            if "USAGE" not in setup.privileges(reader, "SCHEMA", schema):
+                problems.append(f"{where}: analysts' role {reader!r} has no USAGE on schema {schema}, so it sees none of its tables")
+        if "CONNECT" not in setup.privileges(reader, "DATABASE", warehouse_db):
+            problems.append(f"{where}: analysts' role {reader!r} has no CONNECT on the warehouse database {warehouse_db!r}")
+        extra = {p for g in setup.grants if reader in g.grantees for p in g.privileges} - READ_PRIVILEGES
+        if extra:
+            problems.append(f"{where}: analysts' read-only role {reader!r} is granted {', '.join(sorted(extra))}; it may only read")
+    return problems
+
+
+# --------------------------------------------------------------------------- entrypoints and the image's versions
+
+
+@functools.lru_cache(maxsize=None)
+def run_entrypoint(script: str, env: tuple[tuple[str, str], ...]) -> subprocess.CompletedProcess:
+    """`sh script echo started` in `env` (cached: every copy of the files runs the same scripts)."""
+    return subprocess.run(["sh", "-c", script, "sh", "echo", "started"], env={"PATH": os.environ["PATH"], **dict(env)}, capture_output=True, text=True)
+
+
+def check_example_passwords(service: str, env: dict[str, str | None], entrypoint: list[str], scripts: dict[str, Path]) -> list[str]:
+    """Runs the service's entrypoint script with each password at its .env.example value (the others
+    real): it must refuse, naming the variable, and with real passwords run the service's command."""
+    passwords = sorted(name for name in env if name.endswith("PASSWORD"))
+    script = next((scripts[part] for part in entrypoint if part in scripts and scripts[part].is_file()), None)
+    if not passwords:
+        return []
+    if script is None:
+        return [f"service {service} starts even with .env.example's passwords: its entrypoint ({' '.join(entrypoint) or 'the image default'}) refuses none"]
+    problems = []
+    real = {name: "a-password-of-your-own" for name in passwords}
+
+    def run(values: dict[str, str]) -> subprocess.CompletedProcess:
+        return run_entrypoint(script.read_text(), tuple(sorted(values.items())))
+
+    for name in passwords:
+        refused = run({**real, name: env[name] or ""})
+        if refused.returncode == 0 or name not in refused.stderr:
+            problems.append(f"service {service} starts with {name}={env[name]!r}, the example of .env.example (its entrypoint {script.name} lets it through)")
+    if run(real).stdout.strip() != "started":
+        problems.append(f"service {service}: its entrypoint {script.name} does not run the service's command with passwords of your own")
+    return problems
+
+
+def check_constraints(files: DeploymentFiles, dockerfile: Dockerfile) -> list[str]:
+    """The image installs pinned versions: every runtime dependency of pyproject.toml pinned (==) in
+    the constraints file, each pin allowed by pyproject.toml, and the Dockerfile installing with it."""
+    assert files.constraints is not None and files.pyproject is not None
+    problems = []
+    where = files.constraints.relative_to(files.compose.parent)
+    copied = any(source.endswith(str(where)) for source in dockerfile.sources.values())
+    constrained = any(re.search(rf"pip install .*(-c|--constraint)[ =]\S*{re.escape(files.constraints.name)}", run) for run in dockerfile.runs)
+    if not (copied and constrained):
+        problems.append(f"Dockerfile installs the dependencies without {where} (pip install -c): each build would resolve them afresh")
+    if not files.constraints.is_file():
+        return [*problems, f"{where} is missing (docker/refresh-constraints.sh writes it)"]
+    pins = {canonicalize_name(name): version for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", files.constraints.read_text(), re.MULTILINE)}
+    for dependency in tomllib.loads(files.pyproject.read_text())["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{where} does not pin {requirement.name}, a runtime dependency (refresh it: docker/refresh-constraints.sh)")
+        elif not requirement.specifier.contains(pin, prereleases=True):
+            problems.append(f"{where} pins {requirement.name}=={pin}, which pyproject.toml's {dependency!r} excludes (refresh it: docker/refresh-constraints.sh)")
+    return problems
 
 
 # --------------------------------------------------------------------------- the checker
@@ -308,24 +541,27 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
     code_vars: set[str] = set()
     if files.code_dir is not None:
         source = "\n".join(path.read_text() for path in files.code_dir.rglob("*.py"))
-        code_vars = {name for name in set(dotenv) | documented | set(REQUIRED_BY_CODE) if re.search(rf"[\"']{name}[\"']", source)}
+        candidates = set(dotenv) | documented | {name for names in WAREHOUSE_SETTINGS for name in names}
+        code_vars = {name for name in candidates if re.search(rf"[\"']{name}[\"']", source)}
     for service in code_servers:
         for name in sorted(code_vars & set(dotenv)):
             if name not in envs[service]:
                 problems.append(f".env.example sets {name}, which the code location reads, but service {service} (the code server) does not get it")
-        for name in REQUIRED_BY_CODE:
-            if name in code_vars and not envs[service].get(name):
-                problems.append(
-                    f"service {service} gets no {name}: the code location would start an embedded Postgres inside the container"
-                )
+        if not any(all(name in code_vars and envs[service].get(name) for name in names) for names in WAREHOUSE_SETTINGS):
+            problems.append(
+                f"service {service} gets no warehouse the code reads ({' or all of '.join(', '.join(names) for names in WAREHOUSE_SETTINGS)}): "
+                "the code location would start an embedded Postgres inside the container"
+            )
 
     # Credentials: what each service is told about a Postgres vs. what that Postgres is set up with.
     postgres_services = {name for name, service in services.items() if str(service.get("image", "")).split(":")[0].endswith("postgres")}
     created_databases: dict[str, set[str]] = {}
     init_script_vars: dict[str, set[str]] = {}
+    role_setups: dict[str, RoleSetup] = {}
     for name in postgres_services:
         env = envs[name]
         databases = {env.get("POSTGRES_DB") or env.get("POSTGRES_USER") or "postgres"}
+        init_texts: list[str] = []
         for volume in services[name].get("volumes") or []:
             source, _, target = str(volume).partition(":")
             target = target.split(":")[0]
@@ -337,17 +573,22 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
                 continue
             assigned = set(re.findall(r"^\s*([A-Z_][A-Z0-9_]*)=", script.read_text(), re.MULTILINE))
             read = set(SHELL_VARIABLE.findall(script.read_text())) - assigned
+            init_texts.append(script.read_text())
             init_script_vars[name] = read
             for variable in sorted(read - set(env) - POSTGRES_IMAGE_ENV):
                 problems.append(f"{source} (init script of service {name}) reads {variable}, which service {name} does not get")
             databases |= {env[variable] for variable in read if variable.endswith("_DB") and env.get(variable)}
         created_databases[name] = databases
+        role_setups[name] = read_role_setup("\n".join(init_texts), env)
 
     storage = (dagster_config.get("storage") or {}).get("postgres") or {}
     fields = {key: value.get("env") for key, value in (storage.get("postgres_db") or {}).items() if isinstance(value, dict)}
     needs: dict[str, set[str]] = {name: set() for name in services}
+    logins: dict[str, dict[str, tuple[str, str | None]]] = {name: {} for name in postgres_services}  # host -> job -> (role, database)
 
-    def check_target(service: str, what: str, host: str | None, port: str | None, user: str | None, password: str | None, db: str | None) -> None:
+    def check_target(
+        service: str, what: str, host: str | None, port: str | None, user: str | None, password: str | None, db: str | None, job: str | None = None
+    ) -> None:
         if not host:
             return
         if host not in services:
@@ -357,13 +598,15 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
         needs[service].add(host)
         if host not in postgres_services:
             return
-        target = envs[host]
+        roles = role_setups[host].passwords
         if (port or "5432") != "5432":
             problems.append(f"service {service}: {what} uses port {port}, but {host} listens on 5432")
-        if user is not None and user != target.get("POSTGRES_USER", "postgres"):
-            problems.append(f"service {service}: {what} logs in as {user!r}, but {host} creates user {target.get('POSTGRES_USER')!r}")
-        if password is not None and password != target.get("POSTGRES_PASSWORD"):
-            problems.append(f"service {service}: {what} uses a password other than {host}'s POSTGRES_PASSWORD")
+        if user is not None and user not in roles:
+            problems.append(f"service {service}: {what} logs in as {user!r}, but {host} creates no such role ({sorted(roles)})")
+        elif user is not None and password is not None and password != roles[user]:
+            problems.append(f"service {service}: {what} uses a password other than the one {host} sets for {user!r}")
+        if job is not None and user is not None:
+            logins[host][job] = (user, db)
         if db is not None and db not in created_databases[host]:
             problems.append(f"service {service}: {what} uses database {db!r}, which {host} does not create ({sorted(created_databases[host])})")
 
@@ -372,15 +615,23 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
             check_target(
                 service, "dagster.yaml's Postgres storage",
                 *(env.get(fields[key]) if fields.get(key) else None for key in ("hostname", "port", "username", "password", "db_name")),
+                job="Dagster's storage",
             )  # fmt: skip
+        if env.get("COVID_DB_HOST"):
+            check_target(service, "COVID_DB_*", *(env.get(f"COVID_DB_{key}") for key in ("HOST", "PORT", "USER", "PASSWORD", "NAME")), job="the pipeline")
         for variable, value in env.items():
             if value and re.match(r"postgres(ql)?(\+\w+)?://", value):
                 url = urlsplit(value)
                 check_target(
                     service, variable, url.hostname, str(url.port) if url.port else None,
                     unquote(url.username) if url.username else None, unquote(url.password) if url.password is not None else None,
-                    url.path.lstrip("/") or None,
+                    url.path.lstrip("/") or None, job="the pipeline" if variable == "COVID_DB_URL" else None,
                 )  # fmt: skip
+
+    # Roles: one per job, none the superuser, each allowed what its job needs (the init script).
+    for name in postgres_services:
+        superuser = envs[name].get("POSTGRES_USER") or "postgres"
+        problems += check_roles(role_setups[name], superuser, logins[name], f"service {name}")
 
     # Start-up order: whatever a service connects to (Postgres, the code server) must be healthy first.
     for service in services:
@@ -463,10 +714,37 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
         for variable, value in service_environment(service).items():
             if not value:
                 continue
+            secrets_pasted = [ref for ref in SHELL_VARIABLE.findall(value) if SECRET_KEY.search(ref)]
             if re.search(r"://[^/@:]+:(?!\$)[^@]+@", value):
                 problems.append(f"service {name}: {variable} has a literal password in its URL; take it from .env")
+            elif "://" in value and secrets_pasted:
+                problems.append(
+                    f"service {name}: {variable} pastes ${{{secrets_pasted[0]}}} into a URL unencoded, where a % @ / or # breaks it; "
+                    "pass COVID_DB_HOST, COVID_DB_PORT, COVID_DB_NAME, COVID_DB_USER and COVID_DB_PASSWORD instead"
+                )
             elif SECRET_KEY.search(variable) and "$" not in value:
                 problems.append(f"service {name}: {variable} is written into docker-compose.yml; take it from .env")
+            elif variable.endswith("PASSWORD") and not re.fullmatch(r"\$\{\w+:\?[^}]*\}", value):
+                problems.append(f"service {name}: {variable} is {value!r}: take it from .env, required and without a default (${{NAME:?...}})")
+
+    # Example passwords: every service with a password refuses to start with .env.example's.
+    for name, service in services.items():
+        mounts = {target.split(":")[0]: files.compose.parent / source for source, _, target in (str(v).partition(":") for v in service.get("volumes") or [])}
+        scripts = {**mounts, **({path: files.compose.parent / source for path, source in dockerfile.sources.items()} if name in dagster_services else {})}
+        entrypoint = service.get("entrypoint")
+        if entrypoint is None:
+            entrypoint = dockerfile.entrypoint if name in dagster_services else []
+        entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(part) for part in entrypoint]
+        problems += check_example_passwords(name, envs[name], entrypoint, scripts)
+        if name in postgres_services and "entrypoint" in service:
+            if "docker-entrypoint.sh" not in entrypoint:
+                problems.append(f"service {name}'s entrypoint does not hand over to the image's docker-entrypoint.sh, which sets up the database")
+            if not service.get("command"):
+                problems.append(f"service {name} sets an entrypoint but no command: Compose then drops the image's command (postgres)")
+
+    if files.constraints is not None and dagster_services:
+        problems += check_constraints(files, dockerfile)
+
     if files.gitignore is not None:
         if not files.gitignore.exists() or not ignores(files.gitignore, ".env"):
             problems.append(".gitignore does not ignore .env, where the credentials are")
@@ -495,12 +773,19 @@ def test_the_checker_sees_what_compose_will_run() -> None:
     services = compose["services"]
     assert set(services) == {"postgres", "code-server", "webserver", "daemon"}
     assert service_environment(services["daemon"])["DAGSTER_PG_HOST"] == "postgres"
-    assert service_environment(services["code-server"])["COVID_DB_URL"] == "postgresql://dagster:change-me@postgres:5432/covid"
+    warehouse = service_environment(services["code-server"])
+    assert [warehouse[f"COVID_DB_{key}"] for key in ("HOST", "PORT", "NAME", "USER")] == ["postgres", "5432", "covid", "covid_pipeline"]
+    roles = read_role_setup((REPO / "docker" / "postgres" / "init-warehouse.sh").read_text(), service_environment(services["postgres"]))
+    assert roles.passwords == dict.fromkeys(("postgres", "dagster", "covid_pipeline", "covid_reader"), "change-me")
+    assert roles.database_owners == {"dagster": "dagster", "covid": "postgres"} and roles.schema_owners == dict.fromkeys(WAREHOUSE_SCHEMAS, "covid_pipeline")
+    assert Grant({"SELECT"}, "TABLES (default privileges)", list(WAREHOUSE_SCHEMAS), ["covid_reader"], "covid_pipeline") in roles.grants
     assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
     assert env_references(yaml.safe_load(files.dagster_yaml.read_text()))["storage.postgres.postgres_db.password"] == "DAGSTER_PG_PASSWORD"
     image = read_dockerfile(files.dockerfile)
     assert image.env["DAGSTER_HOME"] == "/opt/dagster/dagster_home" == image.workdir
     assert image.copies["workspace.yaml"] == "/opt/dagster/dagster_home/workspace.yaml"
+    assert image.sources["/opt/dagster/app/constraints.txt"] == "docker/constraints.txt"
+    assert image.entrypoint == ["/bin/sh", "/usr/local/bin/refuse-example-passwords.sh"]
 
 
 # --------------------------------------------------------------------------- the checker catches each mistake
@@ -523,14 +808,15 @@ MISTAKES = {
     "code server misses a variable of the code": (
         "docker-compose.yml", "      SOCRATA_APP_TOKEN: ${SOCRATA_APP_TOKEN:-}\n", "", ".env.example sets SOCRATA_APP_TOKEN, which the code location reads",
     ),
-    "code server gets no warehouse URL": (
-        "docker-compose.yml", "      COVID_DB_URL: postgresql://${DAGSTER_PG_USER}:${DAGSTER_PG_PASSWORD}@postgres:5432/${WAREHOUSE_PG_DB:-covid}\n", "",
-        "gets no COVID_DB_URL",
+    "code server gets no warehouse": ("docker-compose.yml", "      COVID_DB_HOST: postgres\n", "", "gets no warehouse the code reads"),
+    "warehouse names a database nobody creates": (
+        "docker-compose.yml", "COVID_DB_NAME: ${WAREHOUSE_PG_DB:-covid}", "COVID_DB_NAME: warehouse", "uses database 'warehouse', which postgres does not create",
     ),
-    "warehouse URL names a database nobody creates": (
-        "docker-compose.yml", "@postgres:5432/${WAREHOUSE_PG_DB:-covid}", "@postgres:5432/warehouse", "uses database 'warehouse', which postgres does not create",
+    "warehouse names an unknown host": ("docker-compose.yml", "COVID_DB_HOST: postgres", "COVID_DB_HOST: db", "names host db, which no service"),
+    "warehouse logs in as a role nobody creates": (
+        "docker-compose.yml", "      COVID_DB_USER: ${COVID_DB_USER:?set COVID_DB_USER in .env}\n      COVID_DB_PASSWORD: ${COVID_DB_PASSWORD:?set COVID_DB_PASSWORD in .env}\n      SOCRATA",
+        "      COVID_DB_USER: pipeline\n      COVID_DB_PASSWORD: ${COVID_DB_PASSWORD:?set COVID_DB_PASSWORD in .env}\n      SOCRATA", "logs in as 'pipeline', but postgres creates no such role",
     ),
-    "warehouse URL names an unknown host": ("docker-compose.yml", "@postgres:5432/${WAREHOUSE_PG_DB", "@db:5432/${WAREHOUSE_PG_DB", "names host db, which no service"),
     "storage host is not a service": ("docker-compose.yml", "  DAGSTER_PG_HOST: postgres\n", "  DAGSTER_PG_HOST: localhost\n", "names host localhost"),
     "storage port is not Postgres's": ("docker-compose.yml", '  DAGSTER_PG_PORT: "5432"', '  DAGSTER_PG_PORT: "5433"', "uses port 5433"),
     "workspace host no service serves": ("workspace.yaml", "host: code-server", "host: code_server", "host code_server, which no service"),
@@ -560,12 +846,100 @@ MISTAKES = {
     ),
     "init script missing": ("docker-compose.yml", "./docker/postgres/init-warehouse.sh:", "./docker/postgres/init.sh:", "there is no such file"),
     "password written into compose": (
-        "docker-compose.yml", "POSTGRES_PASSWORD: ${DAGSTER_PG_PASSWORD:?set DAGSTER_PG_PASSWORD in .env}", "POSTGRES_PASSWORD: hunter2",
+        "docker-compose.yml", "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}", "POSTGRES_PASSWORD: hunter2",
         "POSTGRES_PASSWORD is written into docker-compose.yml",
     ),
     "password written into a URL": (
-        "docker-compose.yml", "postgresql://${DAGSTER_PG_USER}:${DAGSTER_PG_PASSWORD}@", "postgresql://${DAGSTER_PG_USER}:change-me@",
+        "docker-compose.yml", "      COVID_DB_HOST: postgres\n", "      COVID_DB_URL: postgresql://covid_pipeline:hunter2@postgres:5432/covid\n",
         "COVID_DB_URL has a literal password in its URL",
+    ),
+    "password pasted into a URL": (
+        "docker-compose.yml", "      COVID_DB_HOST: postgres\n",
+        "      COVID_DB_URL: postgresql://${COVID_DB_USER}:${COVID_DB_PASSWORD}@postgres:5432/${WAREHOUSE_PG_DB:-covid}\n",
+        "COVID_DB_URL pastes ${COVID_DB_PASSWORD} into a URL unencoded",
+    ),
+    "password with a default in compose": (
+        "docker-compose.yml", "COVID_READER_PASSWORD: ${COVID_READER_PASSWORD:?set COVID_READER_PASSWORD in .env}",
+        "COVID_READER_PASSWORD: ${COVID_READER_PASSWORD:-change-me}", "COVID_READER_PASSWORD is '${COVID_READER_PASSWORD:-change-me}': take it from .env",
+    ),
+    # Roles (docker/postgres/init-warehouse.sh)
+    "pipeline logs in as Dagster's storage role": (
+        "docker-compose.yml", "      COVID_DB_USER: ${COVID_DB_USER:?set COVID_DB_USER in .env}\n      COVID_DB_PASSWORD: ${COVID_DB_PASSWORD:?set COVID_DB_PASSWORD in .env}\n      SOCRATA",
+        "      COVID_DB_USER: ${DAGSTER_PG_USER}\n      COVID_DB_PASSWORD: ${DAGSTER_PG_PASSWORD:?set DAGSTER_PG_PASSWORD in .env}\n      SOCRATA",
+        "Dagster's storage and the pipeline share the role 'dagster'",
+    ),
+    "Dagster's storage is the superuser": (".env.example", "DAGSTER_PG_USER=dagster", "DAGSTER_PG_USER=postgres", "Dagster's storage uses the superuser 'postgres'"),
+    "analysts read as the pipeline role": (
+        ".env.example", "COVID_READER_USER=covid_reader", "COVID_READER_USER=covid_pipeline", "the pipeline and analysts' read-only role share the role 'covid_pipeline'",
+    ),
+    "Dagster's database owned by the superuser": (
+        "docker/postgres/init-warehouse.sh", 'ALTER DATABASE :"dagster_db" OWNER TO :"dagster";\n', "", "Dagster's database 'dagster' is owned by 'postgres'",
+    ),
+    "Dagster's storage role owns a warehouse schema": (
+        "docker/postgres/init-warehouse.sh", 'CREATE SCHEMA covid_19 AUTHORIZATION :"pipeline";', 'CREATE SCHEMA covid_19 AUTHORIZATION :"dagster";',
+        "Dagster's storage role 'dagster' also owns schema covid_19",
+    ),
+    "warehouse schema owned by the superuser": (
+        "docker/postgres/init-warehouse.sh", 'CREATE SCHEMA covid_19_raw AUTHORIZATION :"pipeline";', "CREATE SCHEMA covid_19_raw;",
+        "does not create schema covid_19_raw owned by the pipeline's role 'covid_pipeline'",
+    ),
+    "pipeline cannot create schemas or temporary tables": (
+        "docker/postgres/init-warehouse.sh", 'GRANT CONNECT, CREATE, TEMPORARY ON DATABASE :"warehouse" TO :"pipeline";', 'GRANT CONNECT ON DATABASE :"warehouse" TO :"pipeline";',
+        "the pipeline's role 'covid_pipeline' lacks CREATE, TEMPORARY on the warehouse database 'covid'",
+    ),
+    "no reader of tables created later": (
+        "docker/postgres/init-warehouse.sh", 'ALTER DEFAULT PRIVILEGES FOR ROLE :"pipeline" IN SCHEMA covid_19_raw, covid_19 GRANT SELECT ON TABLES TO :"reader";\n', "",
+        "no read-only role for analysts",
+    ),
+    "reader's default privileges for tables of another role": (
+        "docker/postgres/init-warehouse.sh", 'DEFAULT PRIVILEGES FOR ROLE :"pipeline"', 'DEFAULT PRIVILEGES FOR ROLE :"dagster"',
+        "'covid_reader' would not read the tables the pipeline ('covid_pipeline') creates later in covid_19_raw",
+    ),
+    "reader's default privileges miss a schema": (
+        "docker/postgres/init-warehouse.sh", "IN SCHEMA covid_19_raw, covid_19 GRANT", "IN SCHEMA covid_19 GRANT",
+        "'covid_reader' would not read the tables the pipeline ('covid_pipeline') creates later in covid_19_raw",
+    ),
+    "reader without USAGE on a schema": (
+        "docker/postgres/init-warehouse.sh", "GRANT USAGE ON SCHEMA covid_19_raw, covid_19 TO", "GRANT USAGE ON SCHEMA covid_19 TO",
+        "'covid_reader' has no USAGE on schema covid_19_raw",
+    ),
+    "reader without CONNECT": (
+        "docker/postgres/init-warehouse.sh", 'GRANT CONNECT ON DATABASE :"warehouse" TO :"reader";\n', "", "'covid_reader' has no CONNECT on the warehouse database 'covid'",
+    ),
+    "reader may write": (
+        "docker/postgres/init-warehouse.sh", 'GRANT SELECT ON TABLES TO :"reader"', 'GRANT SELECT, INSERT ON TABLES TO :"reader"',
+        "read-only role 'covid_reader' is granted INSERT",
+    ),
+    "reader is a member of the pipeline role": (
+        "docker/postgres/init-warehouse.sh", 'GRANT CONNECT ON DATABASE :"warehouse" TO :"reader";', 'GRANT :"pipeline" TO :"reader";',
+        "read-only role 'covid_reader' is granted membership in covid_pipeline",
+    ),
+    # Example passwords
+    "postgres starts with the example passwords": (
+        "docker-compose.yml", '    entrypoint: ["/bin/sh", "/usr/local/bin/refuse-example-passwords.sh", "docker-entrypoint.sh"]\n', "",
+        "service postgres starts even with .env.example's passwords",
+    ),
+    "the Dagster image starts with the example passwords": (
+        "Dockerfile", 'ENTRYPOINT ["/bin/sh", "/usr/local/bin/refuse-example-passwords.sh"]\n', "", "service code-server starts even with .env.example's passwords",
+    ),
+    "the entrypoint lets the example through": (
+        "docker/refuse-example-passwords.sh", '[ "$value" = "change-me" ]', '[ "$value" = "changeme" ]',
+        "service postgres starts with COVID_READER_PASSWORD='change-me', the example of .env.example",
+    ),
+    "an example password the stack does not refuse": (
+        ".env.example", "COVID_DB_PASSWORD=change-me", "COVID_DB_PASSWORD=example-password", "service code-server starts with COVID_DB_PASSWORD='example-password'",
+    ),
+    "the entrypoint does not run the command": ("docker/refuse-example-passwords.sh", 'exec "$@"', "exit 0", "does not run the service's command"),
+    "postgres entrypoint skips the image's own": (
+        "docker-compose.yml", '"/usr/local/bin/refuse-example-passwords.sh", "docker-entrypoint.sh"]', '"/usr/local/bin/refuse-example-passwords.sh", "postgres"]',
+        "does not hand over to the image's docker-entrypoint.sh",
+    ),
+    "postgres entrypoint without a command": ("docker-compose.yml", '    command: ["postgres"]\n', "", "Compose then drops the image's command"),
+    # The image's versions
+    "image installs without constraints": ("Dockerfile", "pip install -r requirements.txt -c constraints.txt", "pip install -r requirements.txt", "without docker/constraints.txt"),
+    "constraints miss a runtime dependency": ("docker/constraints.txt", "\ntenacity==", "\n# tenacity==", "does not pin tenacity"),
+    "constraints disagree with pyproject's dagster pin": (
+        "docker/constraints.txt", "\ndagster==1.13.27\n", "\ndagster==1.13.26\n", "pins dagster==1.13.26, which pyproject.toml's 'dagster==1.13.27' excludes",
     ),
     "postgres healthcheck ignores the warehouse database": (
         "docker-compose.yml", '-d \\"$$WAREHOUSE_PG_DB\\"', '-d \\"$$POSTGRES_DB\\"', "does not check the database its init script creates",
@@ -584,9 +958,10 @@ MISTAKES = {
 def deployment_copy(tmp_path: Path) -> Iterator[DeploymentFiles]:
     root = tmp_path / "repo"
     (root / "docker" / "postgres").mkdir(parents=True)
-    for name in ("docker-compose.yml", "Dockerfile", ".env.example", "dagster.yaml", "workspace.yaml", ".gitignore", ".dockerignore"):
+    for name in ("docker-compose.yml", "Dockerfile", ".env.example", "dagster.yaml", "workspace.yaml", ".gitignore", ".dockerignore", "pyproject.toml"):
         shutil.copyfile(REPO / name, root / name)
-    shutil.copyfile(REPO / "docker" / "postgres" / "init-warehouse.sh", root / "docker" / "postgres" / "init-warehouse.sh")
+    for name in ("postgres/init-warehouse.sh", "refuse-example-passwords.sh", "constraints.txt"):
+        shutil.copyfile(REPO / "docker" / name, root / "docker" / name)
     shutil.copytree(REPO / "covid_assets", root / "covid_assets", ignore=shutil.ignore_patterns("*.gz", "__pycache__"))
     yield DeploymentFiles.in_directory(root)
 
@@ -604,3 +979,69 @@ def test_the_checker_catches(mistake: str, deployment_copy: DeploymentFiles) -> 
     path.write_text(text.replace(old, new))
     problems = check_deployment(deployment_copy)
     assert any(expected in problem for problem in problems), f"{mistake}: expected {expected!r} in\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- the init script on a real Postgres
+
+
+def scram_verifies(verifier: str, password: str) -> bool:
+    """Whether a SCRAM-SHA-256 verifier of pg_authid is for `password` (RFC 7677; ASCII needs no SASLprep)."""
+    method, iterations_salt, keys = verifier.split("$")
+    iterations, salt = iterations_salt.split(":")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return method == "SCRAM-SHA-256" and hashlib.sha256(client_key).digest() == base64.b64decode(keys.split(":")[0])
+
+
+def test_the_init_script_gives_each_role_what_its_job_needs(postgres_server_url: str) -> None:
+    """docker/postgres/init-warehouse.sh, run as the postgres image runs it, on a real server: then a
+    full refresh as the pipeline's role, and each role tried at what it may and may not do. Role
+    names get a suffix: roles belong to the whole cluster, which other tests share."""
+    import pgserver
+
+    suffix = uuid.uuid4().hex[:8]
+    roles = {"DAGSTER_PG_USER": f"dagster_{suffix}", "COVID_DB_USER": f"pipeline_{suffix}", "COVID_READER_USER": f"reader_{suffix}"}
+    passwords = {"DAGSTER_PG_PASSWORD": "d%@:/?#'x y", "COVID_DB_PASSWORD": "p@ss%2F'w", "COVID_READER_PASSWORD": 'r"e:a@d'}
+    admin = psycopg.conninfo.conninfo_to_dict(postgres_server_url)
+    dagster_db, _ = create_database(postgres_server_url, "dagster")  # the image creates POSTGRES_DB before its init scripts
+    warehouse_db = f"covid_{suffix}"
+    libpq = {f"PG{key.upper()}": str(value) for key, value in admin.items() if key in ("host", "port", "password", "sslmode")}
+    env = {
+        "PATH": f"{Path(pgserver.__file__).parent / 'pginstall' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        **libpq, "POSTGRES_USER": str(admin.get("user") or "postgres"), "POSTGRES_DB": dagster_db, "WAREHOUSE_PG_DB": warehouse_db,
+        **roles, **passwords,
+    }  # fmt: skip
+
+    def url(role: str, database: str) -> str:
+        password = passwords[role.replace("_USER", "_PASSWORD")]
+        return psycopg.conninfo.make_conninfo(postgres_server_url, user=roles[role], password=password, dbname=database)
+
+    try:
+        script = subprocess.run(["sh", str(REPO / "docker" / "postgres" / "init-warehouse.sh")], env=env, capture_output=True, text=True)
+        assert script.returncode == 0, script.stderr
+        with psycopg.connect(postgres_server_url) as conn:
+            stored = dict(conn.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(roles.values()),)).fetchall())
+        for role, name in roles.items():
+            assert scram_verifies(stored[name], passwords[role.replace("_USER", "_PASSWORD")]), f"{name}'s password is not {role}'s"
+
+        result = materialize_all(url("COVID_DB_USER", warehouse_db), SocrataSource(source_file=str(SNAPSHOT)))  # creates every table
+        assert result.success
+        with psycopg.connect(url("COVID_READER_USER", warehouse_db)) as reader:
+            for table in TABLES:
+                assert reader.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0
+            for statement in (f"INSERT INTO {TABLES[0]} DEFAULT VALUES", f"DELETE FROM {TABLES[1]}", "CREATE TABLE covid_19.mine (x int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), reader.transaction():
+                    reader.execute(statement)
+        with psycopg.connect(url("COVID_DB_USER", warehouse_db)) as pipeline, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            pipeline.execute("CREATE TABLE public.elsewhere (x int)")
+        with psycopg.connect(url("DAGSTER_PG_USER", dagster_db)) as dagster:
+            dagster.execute("CREATE TABLE runs_of_mine (x int)")  # dagster-postgres creates its tables in public
+        for role, database in (("COVID_READER_USER", dagster_db), ("COVID_DB_USER", dagster_db), ("DAGSTER_PG_USER", warehouse_db)):
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                psycopg.connect(url(role, database)).close()
+    finally:
+        drop_database(postgres_server_url, warehouse_db)
+        drop_database(postgres_server_url, dagster_db)
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            for name in roles.values():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
