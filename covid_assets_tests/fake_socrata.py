@@ -3,9 +3,10 @@
 It serves ``/resource/{dataset_id}.json`` and ``/api/views/{dataset_id}.json``
 on 127.0.0.1 only, implements the paging parameters the client relies on
 (``$order=:id``, ``$limit``, ``$offset``, ``$select=count(*)``), and lets a test
-inject faults (throttling, 5xx bursts, resets, timeouts, broken bodies) into the
-next matching requests, so retry and error handling are exercised against real
-sockets instead of mocks.
+inject faults (throttling, 5xx bursts, resets, timeouts, broken bodies, and a
+hostile server's tricks: redirects, drips, gzip bombs) into the next matching
+requests, so retry and error handling are exercised against real sockets
+instead of mocks.
 
 Usage::
 
@@ -38,7 +39,9 @@ _KINDS = frozenset(
         "reset",  # close the connection with a TCP RST, no response at all
         "reset_mid_body",  # send headers + half the body, then RST
         "stall_mid_body",  # send headers + half the body, wait `sleep_s`, then the rest (a read timeout mid-body)
-        "drip",  # send the body in 10 pieces, `sleep_s` apart (a slow but live server)
+        "drip",  # send the body in `pieces` pieces, `sleep_s` apart (a slow but live server)
+        "drip_headers",  # send status line, headers and body in `pieces` pieces, `sleep_s` apart
+        "gzip_bomb",  # the real body, gzip-encoded, with `padding_mib` MiB of JSON whitespace before its final "]"
         "sleep",  # wait `sleep_s` (longer than the client's read timeout), then answer normally
         "repeat_previous",  # serve the previous page request's body again (ignores $offset)
     }
@@ -61,6 +64,8 @@ class Fault:
     where: str = "any"
     offset: int | None = None
     times: int = 1
+    pieces: int = 10
+    padding_mib: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -126,6 +131,20 @@ class Fault:
     @classmethod
     def drip(cls, seconds_between_pieces: float, **kw: Any) -> Fault:
         return cls("drip", sleep_s=seconds_between_pieces, **kw)
+
+    @classmethod
+    def drip_headers(cls, seconds_between_pieces: float, **kw: Any) -> Fault:
+        """The whole response, status line and headers included, trickling in: a read timeout never fires."""
+        return cls("drip_headers", sleep_s=seconds_between_pieces, **kw)
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 302, **kw: Any) -> Fault:
+        return cls("respond", status=status, body=b"", headers={"Location": location}, **kw)
+
+    @classmethod
+    def gzip_bomb(cls, padding_mib: int, **kw: Any) -> Fault:
+        """A small gzip body that decodes to the real page plus `padding_mib` MiB of whitespace (still valid JSON)."""
+        return cls("gzip_bomb", padding_mib=padding_mib, **kw)
 
     @classmethod
     def repeat_previous(cls, **kw: Any) -> Fault:
@@ -387,13 +406,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind in {"stall_mid_body", "drip"}:
             self._send_headers(status, len(body), {"Content-Type": "application/json"})
-            pieces = 2 if fault.kind == "stall_mid_body" else 10
-            size = -(-len(body) // pieces)
-            for i in range(0, len(body), size):
-                if i:
-                    fake._wait(fault.sleep_s)
-                self.wfile.write(body[i : i + size])
-                self.wfile.flush()
+            self._trickle(_split(body, 2 if fault.kind == "stall_mid_body" else fault.pieces), fault.sleep_s)
+            return
+        if fault is not None and fault.kind == "drip_headers":
+            head = (
+                f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            # The headers are complete only with the last piece, which carries the body too.
+            pieces = _split(head, fault.pieces)
+            self._trickle([*pieces[:-1], pieces[-1] + body], fault.sleep_s)
+            return
+        if fault is not None and fault.kind == "gzip_bomb":
+            self._send_headers(
+                status, len(bomb := _gzip_bomb(body, fault.padding_mib)),
+                {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+            self.wfile.write(bomb)
             return
         self._send(status, body, {"Content-Type": "application/json; charset=utf-8"})
 
@@ -416,6 +445,14 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, fake._page_body(params)
         except _BadRequest as exc:
             return 400, _error_body("query.compiler.malformed", str(exc))
+
+    def _trickle(self, chunks: list[bytes], sleep_s: float) -> None:
+        """Write each chunk, `sleep_s` apart."""
+        for i, chunk in enumerate(chunks):
+            if i:
+                self.fake._wait(sleep_s)
+            self.wfile.write(chunk)
+            self.wfile.flush()
 
     def _send_headers(self, status: int, length: int, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -446,6 +483,22 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         # The stdlib handler flushes wfile after each request; give it something harmless to flush.
         self.rfile, self.wfile = io.BytesIO(), io.BytesIO()
+
+
+def _split(data: bytes, pieces: int) -> list[bytes]:
+    """`data` in `pieces` nearly equal parts (fewer when it is shorter)."""
+    size = max(-(-len(data) // pieces), 1)
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def _gzip_bomb(body: bytes, padding_mib: int) -> bytes:
+    """`body` (a JSON array) with MiBs of whitespace before its closing bracket, as multi-member gzip.
+
+    Each MiB of spaces compresses to about 1 kB, so the wire size stays tiny.
+    """
+    close = body.rstrip().rfind(b"]")
+    spaces = gzip.compress(b" " * (1 << 20), compresslevel=9)
+    return gzip.compress(body[:close]) + spaces * padding_mib + gzip.compress(body[close:])
 
 
 def _error_body(code: str, message: str) -> bytes:

@@ -299,6 +299,18 @@ BAD_DELIVERIES = {
         {},
         r"required column\(s\) missing: new_results_reported \(columns present: [^)]*, new_results, ",
     ),
+    # A hostile or broken server: refused before it can take the run's memory.
+    "count-in-the-billions": (
+        lambda fake, good: fake.faults.append(Fault.json_body([{"count": "10000000000"}], where="count")),
+        {},
+        r"reports count\(\*\) = 10,000,000,000 rows, more than this client fetches: 100,000 pages of 1,000 rows "
+        r"= 100,000,000; refusing",
+    ),
+    "gzip-bomb-beyond-the-default-body-cap": (  # ~300 kB on the wire, 300 MiB decoded
+        lambda fake, good: fake.faults.append(Fault.gzip_bomb(300, **page(1000))),
+        {},
+        r"\$offset=1000 is larger than max_body_bytes = 268,435,456 bytes \(more than that arrived after gzip decoding\)",
+    ),
 }
 
 
@@ -311,6 +323,28 @@ def test_a_bad_delivery_is_a_clear_error_and_changes_nothing(
         result, _ = run(loaded.url, fake, **options)
     assert not result.success
     assert re.search(expected, failure_message(result)), failure_message(result)
+    assert materialized(result) == set()
+    assert table_fingerprints(loaded.url) == loaded.before
+
+
+def test_a_redirect_to_another_origin_fails_the_run_and_never_carries_the_token(
+    loaded: Loaded, good_rows: list[dict[str, str]]
+) -> None:
+    token = "app-token-that-must-stay-home"
+    with FakeSocrata(good_rows) as fake, FakeSocrata(good_rows) as elsewhere:
+        target = f"{elsewhere.base_url}/resource/{fake.dataset_id}.json?$order=:id&$limit=1000&$offset=1000"
+        fake.faults.append(Fault.redirect(target, **page(1000)))
+        result = materialize_all(loaded.url, from_api(fake.base_url, app_token=token), knobs(), raise_on_error=False)
+        assert elsewhere.requests == []
+        assert fake.requests and all(r.headers.get("X-App-Token") == token for r in fake.requests)
+    assert not result.success
+    message = failure_message(result)
+    assert re.search(
+        rf"\$offset=1000 answered HTTP 302 with a redirect to {re.escape(elsewhere.base_url)}/\S+, outside "
+        rf"{re.escape(fake.base_url)}: not followed",
+        message,
+    ), message
+    assert token not in message
     assert materialized(result) == set()
     assert table_fingerprints(loaded.url) == loaded.before
 

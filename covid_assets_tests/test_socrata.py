@@ -8,13 +8,18 @@ import io
 import json
 import logging
 import os
+import re
+import threading
 import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from covid_assets.sources import socrata
 from covid_assets.sources.socrata import (
     REQUIRED_COLUMNS,
     Extract,
@@ -486,6 +491,190 @@ def test_token_sent_as_header_and_never_shown(server: FakeSocrata, captured_logs
 
 
 # ---------------------------------------------------------------------------------------
+# A hostile or broken source: the token stays home
+# ---------------------------------------------------------------------------------------
+def _page_url(server: FakeSocrata, offset: int, limit: int = 100) -> str:
+    return f"{server.base_url}/resource/j8mb-icvb.json?$order=:id&$limit={limit}&$offset={offset}"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_followed_only_within_the_configured_origin(
+    server: FakeSocrata, rows: list[dict[str, Any]], status: int
+) -> None:
+    # Within the origin (a relative Location): followed, with the token, and the data is whole.
+    relative = _page_url(server, 100)[len(server.base_url):]
+    server.faults.append(Fault.redirect(relative, status=status, where="page", offset=100))
+    assert records(make_client(server, app_token=TOKEN).fetch_all()) == rows
+    hops = [r for r in server.page_requests() if r.params["$offset"] == "100"]
+    assert len(hops) == 2 and all(r.headers.get("X-App-Token") == TOKEN for r in hops)
+
+    # To another port of the same host: another origin, so not followed at all.
+    with FakeSocrata(rows) as elsewhere:
+        server.faults.append(Fault.redirect(_page_url(elsewhere, 100), status=status, where="page", offset=100))
+        with pytest.raises(SocrataError) as info:
+            make_client(server, app_token=TOKEN).fetch_all()
+        assert elsewhere.requests == []  # the other server was never contacted, so never saw the token
+    message = str(info.value)
+    assert f"HTTP {status}" in message and elsewhere.base_url in message and f"outside {server.base_url}" in message
+    assert "$offset=100" in message and "not followed" in message and TOKEN not in message
+    assert not info.value.transient
+
+
+def test_redirect_to_another_scheme_or_host_is_refused_too(server: FakeSocrata) -> None:
+    port = server.base_url.rsplit(":", 1)[1]
+    for target in (f"https://127.0.0.1:{port}/resource/j8mb-icvb.json", f"http://localhost:{port}/x", "//evil.example/x"):
+        server.faults.append(Fault.redirect(target, where="views"))
+        with pytest.raises(SocrataError, match="not followed"):
+            make_client(server, app_token=TOKEN).signature()
+        assert server.requests[-1].path == "/api/views/j8mb-icvb.json"  # no request went to the target
+
+
+def test_a_redirect_loop_within_the_origin_ends(server: FakeSocrata) -> None:
+    server.faults.append(Fault.redirect(_page_url(server, 0), where="page", offset=0, times=1000))
+    with pytest.raises(SocrataError, match=f"more than {socrata.MAX_REDIRECTS} redirects"):
+        make_client(server, max_workers=1).fetch_all()
+    assert len(server.page_requests()) == socrata.MAX_REDIRECTS + 1
+
+
+def test_a_token_over_plain_http_needs_a_loopback_host() -> None:
+    for url in ("http://healthdata.gov", "http://10.0.0.5:8080", "http://127.0.0.1.evil.example"):
+        with pytest.raises(SocrataError, match=r"refusing to send the app token over plain http.*https://") as info:
+            SocrataClient(base_url=url, app_token=TOKEN)
+        assert TOKEN not in str(info.value)
+    for url in ("http://localhost:8080", "http://127.0.0.1:1", "http://127.9.9.9", "http://[::1]:5000", "https://healthdata.gov"):
+        SocrataClient(base_url=url, app_token=TOKEN)
+    SocrataClient(base_url="http://healthdata.gov")  # no token, nothing to protect
+
+
+# ---------------------------------------------------------------------------------------
+# A hostile or broken source: bounded memory and time
+# ---------------------------------------------------------------------------------------
+def test_a_count_beyond_the_page_cap_is_refused_before_any_page(
+    server: FakeSocrata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socrata, "MAX_PAGES", 20)  # 20 pages of 100 rows: 2,000 rows at most
+    server.faults.append(Fault.json_body([{"count": "2001"}], where="count"))
+    with pytest.raises(SocrataError) as info:
+        make_client(server).fetch_all()
+    message = str(info.value)
+    assert "count(*) = 2,001 rows" in message and "20 pages of 100 rows = 2,000" in message
+    assert server.page_requests() == []
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """Records the most futures submitted but not yet finished at any moment."""
+
+    outstanding = most = 0
+    lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        cls = type(self)
+        with cls.lock:
+            cls.outstanding += 1
+            cls.most = max(cls.most, cls.outstanding)
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(lambda _: self._finished())
+        return future
+
+    def _finished(self) -> None:
+        with type(self).lock:
+            type(self).outstanding -= 1
+
+
+def test_pages_are_queued_through_a_bounded_window(
+    rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socrata, "ThreadPoolExecutor", _CountingPool)
+    with FakeSocrata(rows, latency_s=0.005) as server:
+        extract = make_client(server, page_size=10, max_workers=2).fetch_all()  # 45 chunks
+    assert records(extract) == rows
+    assert 2 <= _CountingPool.most <= 4  # 2 x workers, not one future per page
+
+
+def test_a_gzip_bomb_is_cut_off_at_the_body_cap(server: FakeSocrata) -> None:
+    # 64 MiB of whitespace inside a valid page, sent as ~70 kB of gzip.
+    server.faults.append(Fault.gzip_bomb(64, where="page", offset=100))
+    tracemalloc.start()
+    try:
+        with pytest.raises(SocrataError) as info:
+            make_client(server, max_body_bytes=4 * 1024 * 1024).fetch_all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "larger than max_body_bytes = 4,194,304 bytes" in message and "after gzip decoding" in message
+    assert "$offset=100" in message and not info.value.transient
+    assert peak < 24 * 1024 * 1024, f"{peak:,} bytes traced: the body was not streamed"
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 1  # not retried
+
+
+def test_a_declared_length_beyond_the_cap_is_refused_unread(server: FakeSocrata) -> None:
+    with pytest.raises(SocrataError, match=r"\$offset=0 is larger than max_body_bytes = 1,000 bytes \(it declares a Content-Length of \d"):
+        make_client(server, max_body_bytes=1000, max_workers=1).fetch_all()
+
+
+@pytest.mark.parametrize("fault", [Fault.drip, Fault.drip_headers], ids=["body", "headers"])
+def test_a_dripping_response_is_cut_off_at_the_deadline_and_retried(
+    server: FakeSocrata, rows: list[dict[str, Any]], fault: Any
+) -> None:
+    # 12 pieces 0.25 s apart: never quiet for the 2 s read timeout, but 2.75 s in all.
+    server.faults.append(fault(0.25, pieces=12, where="page", offset=100))
+    started = time.monotonic()
+    extract = make_client(server, read_timeout_s=2.0, request_deadline_s=0.8).fetch_all()
+    assert records(extract) == rows
+    assert extract.stats.retries == 1
+    assert time.monotonic() - started < 2.0  # cut off at 0.8 s, not waited out
+
+
+@pytest.mark.parametrize(
+    "fault, cause",
+    [(Fault.drip, ""), (Fault.drip_headers, "RequestDeadlineExceeded: ")],
+    ids=["body", "headers"],
+)
+def test_a_server_that_always_drips_fails_naming_the_deadline(server: FakeSocrata, fault: Any, cause: str) -> None:
+    server.faults.append(fault(0.25, pieces=40, where="page", offset=100, times=100))  # 10 s a response
+    started = time.monotonic()
+    with pytest.raises(SocrataError) as info:
+        make_client(server, read_timeout_s=2.0, request_deadline_s=0.5, max_retries=2, max_workers=1).fetch_all()
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert f"$offset=100 failed after 3 attempt(s): {cause}no complete response within the request deadline of 0.5 s" in message
+    assert info.value.transient
+    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 3
+    assert elapsed < 3.0  # three deadlines and tiny backoffs: the whole request ended
+
+
+def test_new_limits_are_validated() -> None:
+    for bad in (dict(max_body_bytes=0), dict(request_deadline_s=0), dict(request_deadline_s=float("inf"))):
+        with pytest.raises(SocrataError, match=next(iter(bad))):
+            SocrataClient(**bad)
+
+
+def test_source_text_in_errors_and_logs_is_clipped(server: FakeSocrata, rows: list[dict[str, Any]], captured_logs: _Captured) -> None:
+    long = "X" * 20_000
+    cases = [
+        lambda: server.faults.append(Fault.error(400, message=long, where="page", offset=0)),  # Socrata's message
+        lambda: server.faults.append(Fault.json_body({long: 1, "message": long}, where="page", offset=0)),  # keys, message
+        lambda: server.faults.append(
+            Fault("respond", body="<html>" + long, headers={"Content-Type": "text/html"}, where="page", offset=0)
+        ),
+        lambda: server.set_rows([{**row, "fema_region": None, long: "1"} for row in rows]),  # the columns present
+    ]
+    for prepare in cases:
+        prepare()
+        with pytest.raises(SocrataError) as info:
+            make_client(server, max_workers=1).fetch_all()
+        message = str(info.value)
+        assert "XXXX" in message and len(message) < 1_000, len(message)
+        assert re.search(r"\.\.\. \[[\d,]+ more (characters|bytes)\]", message), message[-200:]
+    server.set_rows(rows)
+    server.faults.append(Fault.json_body([{"count": long}, {"n": long}], where="count"))
+    make_client(server).fetch_all()  # an unusable count is logged, then paging goes on
+    warning = next(line for line in captured_logs.lines if "count(*) query failed" in line)
+    assert "XXXX" in warning and len(warning) < 1_000
+
+
+# ---------------------------------------------------------------------------------------
 # Columns and values
 # ---------------------------------------------------------------------------------------
 def test_missing_required_column_is_named(rows: list[dict[str, Any]]) -> None:
@@ -671,6 +860,71 @@ def test_export_file_errors(tmp_path: Path) -> None:
     header_only.write_text(",".join(REQUIRED_COLUMNS) + "\r\n")
     with pytest.raises(SocrataError, match="no rows"):
         read_export_file(header_only)
+
+
+def test_only_regular_files_with_a_data_suffix_are_read(tmp_path: Path) -> None:
+    good = tmp_path / "export.csv"
+    good.write_bytes(gzip.decompress(SNAPSHOT_CSV.read_bytes())[:5000].rsplit(b"\n", 1)[0] + b"\n")
+    assert len(read_export_file(good).frame) > 0
+    link = tmp_path / "latest.csv"
+    link.symlink_to(good)
+    assert len(read_export_file(link).frame) > 0  # a symlink to an export is fine
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    directory = tmp_path / "folder.json"
+    directory.mkdir()
+    environ_link = tmp_path / "environ.csv"
+    environ_link.symlink_to("/proc/self/environ")
+    null_link = tmp_path / "null.json"
+    null_link.symlink_to("/dev/null")
+    text = tmp_path / "export.txt"
+    text.write_bytes(good.read_bytes())
+    disguised = tmp_path / "disguised.csv"
+    disguised.symlink_to(text)
+    refused = {
+        "/proc/self/environ": "does not end in a data suffix",
+        fifo: "not a regular file",  # and the open does not hang waiting for a writer
+        directory: "not a regular file",
+        environ_link: "does not end in a data suffix",
+        null_link: "does not end in a data suffix",
+        text: "does not end in a data suffix",
+        disguised: "does not end in a data suffix",
+    }
+    for path, why in refused.items():
+        with pytest.raises(SocrataError) as info:
+            read_export_file(path)
+        message = str(info.value)
+        assert message.startswith(f"refusing export file {path}: ") and why in message, message
+        assert "regular file named *.json, *.csv, *.json.gz or *.csv.gz" in message
+        assert "PATH=" not in message
+
+
+CANARY = "CANARY-7f3a9c"
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("cut.json", f'[{{"state": "{CANARY}", '.encode()),
+        ("object.json", json.dumps({CANARY: "x", "message": CANARY}).encode()),
+        ("header.csv", f"{CANARY},SECRET={CANARY}\n1,2\n".encode()),
+        ("ragged.csv", (",".join(REQUIRED_COLUMNS) + f'\n"{CANARY}\n').encode()),
+        ("binary.csv", f"{CANARY}=\xff\xfe\x00".encode("latin-1") + os.urandom(64)),
+        ("env.csv.gz", gzip.compress(f"HOME=/root\x00TOKEN={CANARY}\x00".encode())),
+        ("broken.json.gz", gzip.compress(f'[{{"{CANARY}": '.encode())[:-9]),
+    ],
+)
+def test_errors_about_a_file_never_quote_its_contents(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SocrataError) as info:
+        read_export_file(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert CANARY not in message and "SECRET" not in message and "HOME=" not in message, message
+    error = info.value  # and no chained parser message that could quote it either
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,18 @@ Two ways in, one shape out:
 * :func:`read_export_file` reads a downloaded export (the JSON array, or a CSV in
   the old 8-column or the newer 9-column layout) for offline runs.
 
+The server is not trusted. The app token only ever goes to the configured origin
+(scheme, host and port): redirects are never followed by requests; a redirect
+within that origin is followed here (at most :data:`MAX_REDIRECTS`), one to
+another origin is refused, and a token over plain ``http`` is refused unless the
+host is loopback. Each body is streamed with a byte cap that holds after
+decompression (``max_body_bytes``), each HTTP exchange has an overall deadline
+that a server dripping bytes cannot outrun (``request_deadline_s``), a
+``count(*)`` beyond what the client would ever page through is refused, and at
+most ``2 x max_workers`` pages are queued at a time. Text the source supplies is
+quoted in errors and logs only through :func:`_clip` (about 300 characters), and
+an error about an export file never quotes the file's contents.
+
 Both return an :class:`Extract` whose frame holds every source column as
 pandas ``"string"`` exactly as delivered (no trimming, no type conversion, so
 ``state_fips`` keeps its leading zero); parsing and validation happen
@@ -20,20 +32,27 @@ message that names the URL or file, and never the app token.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
+import re
+import socket
+import stat
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, ClassVar, Iterable, Mapping, Optional, Sequence
-from urllib.parse import urlencode
+from typing import IO, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Optional, Sequence
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import dagster as dg
 import pandas as pd
@@ -42,7 +61,9 @@ import requests
 import tenacity
 from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
 __all__ = [
@@ -75,8 +96,29 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 RETRY_STATUSES: frozenset[int] = frozenset({202, 429, *range(500, 600)} - {501, 505})
 
 # A bound on page requests per fetch, so a server that keeps answering with
-# rows (e.g. one that ignores $offset) cannot keep the client busy forever.
+# rows (e.g. one that ignores $offset) cannot keep the client busy forever. It
+# also bounds the count(*) the client accepts: MAX_PAGES x page_size rows.
 MAX_PAGES = 100_000
+
+# A 50,000-row page of j8mb-icvb is about 11 MB of JSON (223 bytes a row in the
+# bundled sample), so 256 MiB leaves over 20x headroom for wider rows or larger
+# pages while keeping a hostile body (or a gzip bomb) from taking the host's
+# memory: at most max_workers bodies of this size exist at once.
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+
+# Per HTTP exchange, from the request being sent to the last body byte. A full
+# page arrives in well under a second locally and in seconds from healthdata.gov;
+# five minutes also covers a slow link and Socrata taking its time on a big query.
+DEFAULT_REQUEST_DEADLINE_S = 300.0
+
+# Redirects followed within the configured origin (one to another origin is refused).
+MAX_REDIRECTS = 5
+
+# Source-provided text (messages, values, column names, page starts) quoted in errors and logs.
+SOURCE_TEXT_LIMIT = 300
+
+_READ_CHUNK = 1024 * 1024  # bytes per body read: few Python round trips for a 10 MB page
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _USER_AGENT = "covid-assets/0.1 (python-requests; Socrata dataset sync)"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -143,6 +185,28 @@ class SourceSignature:
 
 
 # --------------------------------------------------------------------------------------
+# Quoting the source
+# --------------------------------------------------------------------------------------
+def _clip(text: object, limit: int = SOURCE_TEXT_LIMIT) -> str:
+    """Text a source supplied, fit to quote in an error or a log line.
+
+    At most `limit` characters (and how many were cut), on one line, without
+    control characters: a hostile server cannot flood a message or forge log lines.
+    """
+    raw = str(text)
+    head = raw[:limit]
+    clean = "".join(ch if ch.isprintable() else " " for ch in head)
+    clean = " ".join(clean.split())
+    return clean if len(raw) <= limit else f"{clean}... [{len(raw) - limit:,} more characters]"
+
+
+def _clip_body(body: bytes | bytearray, limit: int = SOURCE_TEXT_LIMIT) -> str:
+    """The start of a response body as text, clipped like `_clip` (decodes only what it shows)."""
+    clean = _clip(bytes(body[:limit]).decode("utf-8", errors="replace"), limit)
+    return clean if len(body) <= limit else f"{clean}... [{len(body) - limit:,} more bytes]"
+
+
+# --------------------------------------------------------------------------------------
 # Rows -> columnar
 # --------------------------------------------------------------------------------------
 def _as_text(value: Any) -> str | None:
@@ -164,21 +228,26 @@ def _rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
         return pa.table({name: pa.array([_as_text(row.get(name)) for row in rows], pa.string()) for name in names})
 
 
-def _column_order(present: Iterable[str], source: str) -> list[str]:
-    """REQUIRED_COLUMNS first, extras in first-seen order; a missing required column is fatal."""
+def _column_order(present: Iterable[str], source: str, quote: bool = True) -> list[str]:
+    """REQUIRED_COLUMNS first, extras in first-seen order; a missing required column is fatal.
+
+    The error lists the columns present (clipped) when `quote`; for a file it only
+    counts them, since the header is the file's content.
+    """
     seen = list(dict.fromkeys(present))
     missing = [c for c in REQUIRED_COLUMNS if c not in seen]
     if missing:
+        present_text = _clip(", ".join(seen)) if quote else f"{len(seen)} column(s)"
         raise SocrataError(
             f"{source}: required column(s) missing: {', '.join(missing)} "
-            f"(columns present: {', '.join(seen) or 'none'})"
+            f"(columns present: {present_text if seen else 'none'})"
         )
     return list(REQUIRED_COLUMNS) + [c for c in seen if c not in REQUIRED_COLUMNS]
 
 
-def _frame_from_tables(tables: Sequence[pa.Table], source: str) -> pd.DataFrame:
+def _frame_from_tables(tables: Sequence[pa.Table], source: str, quote: bool = True) -> pd.DataFrame:
     """Align page tables on the final column order and hand them to pandas as "string"."""
-    order = _column_order((name for t in tables for name in t.column_names), source)
+    order = _column_order((name for t in tables for name in t.column_names), source, quote)
     table = pa.concat_tables(tables, promote_options="default").select(order)  # a column a page lacks: nulls
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get, self_destruct=True, split_blocks=True)
 
@@ -186,41 +255,44 @@ def _frame_from_tables(tables: Sequence[pa.Table], source: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------
 # HTTP helpers
 # --------------------------------------------------------------------------------------
-def _socrata_message(body: bytes) -> str:
-    """Socrata's own explanation from either error body shape, else the start of the body."""
+def _socrata_message(body: bytes | bytearray) -> str:
+    """Socrata's own explanation from either error body shape, else the start of the body (clipped)."""
     try:
         data = json.loads(body)
     except ValueError:
         data = None
     if isinstance(data, dict) and data.get("message"):
         code = data.get("code") or data.get("errorCode")
-        message = str(data["message"])[:300]
-        return f"{code}: {message}" if code else message
-    text = " ".join(body[:200].decode("utf-8", errors="replace").split())
-    return text
+        return _clip(f"{code}: {data['message']}" if code else data["message"])
+    return _clip_body(body)
 
 
-def _describe_bad_body(body: bytes, content_type: str, exc: ValueError) -> str:
+def _describe_bad_body(body: bytes | bytearray, content_type: str, exc: ValueError) -> str:
     if not body.strip():
         return "the response body was empty"
     if body.lstrip()[:1] == b"<":
         return (
-            f"the response is an HTML page (Content-Type {content_type or 'not set'}), not JSON "
-            f"- a proxy, maintenance or login page? It starts with: {_socrata_message(body)[:120]!r}"
+            f"the response is an HTML page (Content-Type {_clip(content_type) or 'not set'}), not JSON "
+            f"- a proxy, maintenance or login page? It starts with: {_clip_body(body.lstrip(), 120)!r}"
         )
     if isinstance(exc, json.JSONDecodeError):
         return (
             f"the response is not valid JSON ({exc.msg} at byte {exc.pos} of {len(body)}; "
             "cut off in transit?)"
         )
-    return f"the response is not valid JSON ({exc})"
+    return f"the response is not valid JSON ({_clip(exc)})"
 
 
-def _describe_not_rows(data: Any) -> str | None:
-    """Why a parsed body is not a JSON array of row objects (None when it is)."""
+def _describe_not_rows(data: Any, quote: bool = True) -> str | None:
+    """Why a parsed body is not a JSON array of row objects (None when it is).
+
+    With `quote` an object's keys and message are quoted (clipped); a file's are not.
+    """
     if isinstance(data, dict):
-        hint = f" (message: {data['message']})" if data.get("message") else ""
-        keys = ", ".join(list(map(str, data))[:5])
+        if not quote:
+            return f"expected a JSON array of rows but got a JSON object with {len(data)} key(s)"
+        hint = f" (message: {_clip(data['message'])})" if data.get("message") else ""
+        keys = _clip(", ".join(itertools.islice(map(str, data), 5)))
         return f"expected a JSON array of rows but got a JSON object with keys [{keys}]{hint}"
     if not isinstance(data, list):
         return f"expected a JSON array of rows but got a JSON {type(data).__name__}"
@@ -233,12 +305,15 @@ def _describe_not_rows(data: Any) -> str | None:
 
 
 def _transport_cause(exc: requests.RequestException) -> tuple[str, bool]:
-    """Human cause of a connection-level failure, and whether urllib3 exhausted its retries."""
+    """Human cause of a connection-level failure, and whether urllib3 exhausted its retries.
+
+    Clipped: a malformed status line or header is quoted in it, and that is the server's text.
+    """
     inner = exc.args[0] if exc.args else None
     if isinstance(inner, MaxRetryError):
         reason = inner.reason if inner.reason is not None else inner
-        return f"{type(reason).__name__}: {reason}", True
-    return f"{type(exc).__name__}: {exc}", False
+        return _clip(f"{type(reason).__name__}: {reason}"), True
+    return _clip(f"{type(exc).__name__}: {exc}"), False
 
 
 def _retries_used(response: requests.Response) -> int:
@@ -248,15 +323,154 @@ def _retries_used(response: requests.Response) -> int:
 
 
 class _BodyBrokeOff(Exception):
-    """The headers arrived but the body did not arrive whole (reset, read timeout, cut stream).
+    """The headers arrived but the body did not arrive whole (reset, read timeout, cut stream,
+    or the request deadline passed while it was arriving).
 
-    urllib3's `Retry` has already returned by then (requests reads the body afterwards),
-    so `_Fetch.get` retries these itself.
+    urllib3's `Retry` has already returned by then (the body is read afterwards),
+    so `_Fetch.get` retries these itself. The message is the whole explanation.
     """
 
-    def __init__(self, cause: requests.RequestException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
+
+class RequestDeadlineExceeded(ProtocolError):
+    """No complete response headers within the request deadline.
+
+    Raised inside urllib3 (from the connection), which retries it like any read
+    error, from the same budget; when the budget is spent it is the error's cause.
+    """
+
+
+class _Deadline:
+    """The overall time limit of one HTTP exchange: request sent -> last body byte.
+
+    A read timeout applies to each socket read, so a server that drips a byte
+    at a time never trips it. Here a timer shuts the socket down when the
+    deadline passes, which ends a blocked read of the headers or the body alike;
+    the reader then sees `hit` and reports the deadline instead of a broken stream.
+    One per attempt; urllib3's retries within it restart the clock (`start`).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.hit = False
+
+    def start(self) -> None:
+        self.started, self.hit = time.monotonic(), False
+
+    def message(self) -> str:
+        return f"no complete response within the request deadline of {self.seconds:g} s (request_deadline_s)"
+
+    @contextlib.contextmanager
+    def enforced(self, shutdown: Callable[[], object]) -> Iterator[None]:
+        """While inside, `shutdown()` is called (and `hit` set) once the deadline passes."""
+
+        def expire() -> None:
+            self.hit = True
+            with contextlib.suppress(Exception):  # e.g. already closed or back in the pool
+                shutdown()
+
+        timer = threading.Timer(max(self.seconds - (time.monotonic() - self.started), 0.0), expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+
+# The deadline of the attempt running on this thread, for the connection classes below.
+_attempt_local = threading.local()
+
+
+class _DeadlineConnectionMixin:
+    """Starts the deadline as the response is awaited and enforces it until the headers are in."""
+
+    sock: socket.socket | None
+
+    def getresponse(self):  # type: ignore[no-untyped-def]
+        deadline: _Deadline | None = getattr(_attempt_local, "deadline", None)
+        sock = self.sock
+        if deadline is None or sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        deadline.start()
+        # socket.socket's own shutdown also for TLS sockets: it ends the blocked read at the OS level.
+        with deadline.enforced(lambda: socket.socket.shutdown(sock, socket.SHUT_RDWR)):
+            try:
+                response = super().getresponse()  # type: ignore[misc]
+            except Exception as exc:
+                if deadline.hit:
+                    raise RequestDeadlineExceeded(deadline.message()) from exc
+                raise
+        if deadline.hit:  # the headers may have been cut short: do not trust them
+            response.close()
+            raise RequestDeadlineExceeded(deadline.message())
+        return response
+
+
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection  # type: ignore[assignment]
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose urllib3 pools use the deadline-enforcing connections (direct or via an HTTP proxy)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS brings its own pool classes
+            manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A response read whole (within max_body_bytes and the deadline), its connection released."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes | bytearray
+    redirect_to: str | None = None  # the Location of a 3xx (body not read)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what the token is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(origin: tuple[str, str, int | None]) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS.get(scheme) else f":{port}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Attempts:
@@ -281,19 +495,37 @@ class SocrataClient:
         max_retries: int = 6,
         backoff_factor: float = 0.5,
         backoff_max_s: float = 60.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
     ) -> None:
+        """`max_body_bytes` caps each response body after decompression; `request_deadline_s`
+        bounds each HTTP exchange from request to last byte, however the server paces it."""
         if not base_url.startswith(("http://", "https://")):
             raise SocrataError(f"base_url must start with http:// or https://, got {base_url!r}")
+        try:
+            origin = _origin(base_url)
+        except ValueError as exc:
+            raise SocrataError(f"base_url is not a valid URL ({exc}): {base_url!r}") from None
+        if not origin[1]:
+            raise SocrataError(f"base_url has no host: {base_url!r}")
+        if app_token and origin[0] == "http" and not _is_loopback(origin[1]):
+            raise SocrataError(
+                f"refusing to send the app token over plain http to {origin[1]}: use an https:// base_url "
+                "(plain http with a token is allowed only for a loopback host: localhost, 127.0.0.0/8, ::1)"
+            )
         if not dataset_id or "/" in dataset_id or "?" in dataset_id or "#" in dataset_id:
             raise SocrataError(f"dataset_id must be a Socrata four-by-four id like 'j8mb-icvb', got {dataset_id!r}")
-        for name, value in (("page_size", page_size), ("max_workers", max_workers)):
+        for name, value in (("page_size", page_size), ("max_workers", max_workers), ("max_body_bytes", max_body_bytes)):
             if value < 1:
                 raise SocrataError(f"{name} must be at least 1, got {value}")
         if max_retries < 0 or backoff_factor < 0 or backoff_max_s < 0:
             raise SocrataError("max_retries, backoff_factor and backoff_max_s must not be negative")
         if connect_timeout_s <= 0 or read_timeout_s <= 0:
             raise SocrataError("connect_timeout_s and read_timeout_s must be positive")
+        if not (request_deadline_s > 0 and math.isfinite(request_deadline_s)):
+            raise SocrataError(f"request_deadline_s must be a positive number of seconds, got {request_deadline_s}")
         self.base_url = base_url.rstrip("/")
+        self.origin = origin
         self.dataset_id = dataset_id
         self._app_token = app_token or None
         self.page_size = page_size
@@ -303,6 +535,13 @@ class SocrataClient:
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
         self.backoff_max_s = backoff_max_s
+        self.max_body_bytes = max_body_bytes
+        self.request_deadline_s = request_deadline_s
+
+    @property
+    def max_rows(self) -> int:
+        """The largest count(*) the client accepts: what MAX_PAGES full pages hold."""
+        return MAX_PAGES * self.page_size
 
     def __repr__(self) -> str:
         token = "***" if self._app_token else None
@@ -341,11 +580,13 @@ class SocrataClient:
         """Two small requests: the dataset's `rowsUpdatedAt` (/api/views) and `count(*)`."""
         views_url = f"{self.base_url}/api/views/{self.dataset_id}.json"
         with _Fetch(self, None) as run:
-            response = run.get(views_url)
+            reply = run.get(views_url)
             try:
-                rows_updated_at = response.json().get("rowsUpdatedAt")
+                rows_updated_at = json.loads(reply.body).get("rowsUpdatedAt")
             except (ValueError, AttributeError):
                 rows_updated_at = None
+            if isinstance(rows_updated_at, bool) or not isinstance(rows_updated_at, int):
+                rows_updated_at = None  # only a number is evidence
             return SourceSignature(rows_updated_at=rows_updated_at, row_count=run.count())
 
     # Used by _Fetch -------------------------------------------------------------------
@@ -366,15 +607,19 @@ class SocrataClient:
             # A Retry-After of an hour would stall the run; wait at most backoff_max_s.
             retry_after_max=self.backoff_max_s,  # type: ignore[arg-type]
             raise_on_status=False,
+            # Inert: requests calls urllib3 with redirect=False, so a 3xx comes back as a
+            # response and `_Fetch.get` decides (requests itself is told not to follow).
             raise_on_redirect=True,
         )
 
     def _session(self) -> requests.Session:
+        """A session for this client's origin; its requests never follow redirects (see `_Fetch.get`)."""
         session = requests.Session()
-        adapter = HTTPAdapter(max_retries=self._retry(), pool_connections=2, pool_maxsize=self.max_workers)
+        adapter = _DeadlineAdapter(max_retries=self._retry(), pool_connections=2, pool_maxsize=self.max_workers)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
+        # Only encodings whose decoding urllib3 bounds per read (what Socrata sends anyway).
+        session.headers.update({"Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": _USER_AGENT})
         if self._app_token:
             session.headers["X-App-Token"] = self._app_token
         return session
@@ -418,6 +663,12 @@ class _Fetch:
             raise self.error(
                 f"source returned no rows: {url} reports count(*) = 0; refusing to replace the warehouse with nothing"
             )
+        if total is not None and total > self.client.max_rows:
+            raise self.error(
+                f"{url} reports count(*) = {total:,} rows, more than this client fetches: {MAX_PAGES:,} pages "
+                f"of {self.client.page_size:,} rows = {self.client.max_rows:,}; refusing rather than planning "
+                "that many page requests"
+            )
         if total is None:
             tables = self.open_ended(0)
         else:
@@ -440,15 +691,17 @@ class _Fetch:
             data = self.get_rows(params)
             values = list(data[0].values()) if len(data) == 1 and len(data[0]) == 1 else []
             if len(values) != 1:
-                raise self.error(f"unexpected count(*) response: {json.dumps(data)[:200]}")
+                raise self.error(f"unexpected count(*) response: {_clip(json.dumps(data))}")
             total = int(str(values[0]))
             if total < 0:
-                raise self.error(f"negative count(*) response: {total}")
+                raise self.error(f"negative count(*) response: {_clip(total)}")
             return total
         except (SocrataError, ValueError) as exc:
             if isinstance(exc, SocrataError) and exc.transient:
                 raise
-            log.warning("count(*) query failed (%s); falling back to sequential paging", self.client._redact(str(exc)))
+            log.warning(
+                "count(*) query failed (%s); falling back to sequential paging", self.client._redact(_clip(exc, 600))
+            )
             return None
 
     def concurrent(self, total: int) -> tuple[list[pa.Table], int | None]:
@@ -458,7 +711,7 @@ class _Fetch:
         (there may be more rows than counted), else None.
         """
         size = self.client.page_size
-        starts = list(range(0, total, size))
+        starts = range(0, total, size)
         if len(starts) == 1 or self.client.max_workers == 1:
             results = [self.chunk(start, start + size) for start in starts]
         else:
@@ -466,25 +719,31 @@ class _Fetch:
         tables = [t for chunk_tables, _ in results for t in chunk_tables]
         return tables, (starts[-1] + size if results[-1][1] else None)
 
-    def _run_parallel(self, starts: list[int], size: int) -> list[tuple[list[pa.Table], bool]]:
+    def _run_parallel(self, starts: range, size: int) -> list[tuple[list[pa.Table], bool]]:
         """Run the chunks on a thread pool; the first failure (or an interrupt) stops the rest.
 
+        At most 2 x workers chunks are queued at a time (a window refilled as
+        chunks finish), so the plan's size never turns into as many futures.
         On failure the pool is not waited for: in-flight requests finish in the
-        background (bounded by timeouts and retries) and start nothing new, so
+        background (bounded by the deadline and retries) and start nothing new, so
         the error reaches the user without waiting out other pages' retries.
         """
         workers = min(self.client.max_workers, len(starts))
+        window = 2 * workers
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="socrata-page")
+        results: list[tuple[list[pa.Table], bool]] = [([], False)] * len(starts)
+        pending: dict[Future[tuple[list[pa.Table], bool]], int] = {}
+        queue = iter(enumerate(starts))
         succeeded = False
         try:
-            futures: list[Future[tuple[list[pa.Table], bool]]] = [
-                pool.submit(self.chunk, start, start + size) for start in starts
-            ]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f in done and f.exception() is not None]
-            if failed:
-                raise failed[0].exception()  # type: ignore[misc]
-            results = [f.result() for f in futures]
+            while True:
+                for index, start in itertools.islice(queue, window - len(pending)):
+                    pending[pool.submit(self.chunk, start, start + size)] = index
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[pending.pop(future)] = future.result()  # a chunk's error is raised here
             succeeded = True
             return results
         finally:
@@ -565,23 +824,23 @@ class _Fetch:
     def get_rows(self, params: dict[str, str], offset: int | None = None) -> list[dict[str, Any]]:
         """GET and parse a JSON array of row objects; anything else is a SocrataError."""
         url = self.url(params)
-        response = self.get(url)
-        body = response.content
+        reply = self.get(url)
+        body = reply.body
         try:
             data = json.loads(body)
         except ValueError as exc:
             raise self.error(
-                f"bad response from GET {url}: {_describe_bad_body(body, response.headers.get('Content-Type', ''), exc)}",
-                url=url, status=response.status_code,
+                f"bad response from GET {url}: {_describe_bad_body(body, reply.headers.get('Content-Type', ''), exc)}",
+                url=url, status=reply.status,
             ) from None
         problem = _describe_not_rows(data)
         if problem:
-            raise self.error(f"bad response from GET {url}: {problem}", url=url, status=response.status_code)
+            raise self.error(f"bad response from GET {url}: {problem}", url=url, status=reply.status)
         if offset is not None and data:
             self._check_not_repeated(body, offset, url)
         return data
 
-    def _check_not_repeated(self, body: bytes, offset: int, url: str) -> None:
+    def _check_not_repeated(self, body: bytes | bytearray, offset: int, url: str) -> None:
         """Identical pages at two offsets mean the server ignored the paging: rows would be duplicated."""
         digest = hashlib.blake2b(body, digest_size=16).digest()
         with self.lock:
@@ -592,14 +851,50 @@ class _Fetch:
                 "the server is not paging consistently; refusing to duplicate rows"
             )
 
-    def get(self, url: str) -> requests.Response:
-        """One logical GET, retried; non-200 final answers become SocrataError.
+    def get(self, url: str) -> _Reply:
+        """One logical GET (retried), following redirects only within the client's origin.
+
+        requests never follows a redirect here, so the app token (a session
+        header) cannot travel to another host or port: a redirect to another
+        origin is an error naming both, one within the origin is followed, at
+        most MAX_REDIRECTS times.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            reply = self._get_once(url)
+            if reply.redirect_to is None:
+                return reply
+            url = self._follow(url, reply)
+        raise self.error(f"GET {url}: more than {MAX_REDIRECTS} redirects; giving up", url=url)
+
+    def _follow(self, url: str, reply: _Reply) -> str:
+        """The redirect target, if it is within the configured origin; else a SocrataError."""
+        assert reply.redirect_to is not None
+        target = urljoin(url, reply.redirect_to)
+        origin = self.client.origin
+        try:
+            same = _origin(target) == origin
+        except ValueError:
+            same = False
+        if not same:
+            raise self.error(
+                f"GET {url} answered HTTP {reply.status} with a redirect to {_clip(target)}, outside "
+                f"{_origin_text(origin)}: not followed, so the app token never leaves the configured origin. "
+                "If the dataset moved, point base_url at its new address",
+                url=url, status=reply.status,
+            )
+        log.info("GET %s redirected (HTTP %d) to %s", url, reply.status, self.client._redact(_clip(target)))
+        return target
+
+    def _get_once(self, url: str) -> _Reply:
+        """One logical GET, retried; a redirect is returned, other non-200 final answers become SocrataError.
 
         urllib3 retries until a response's headers arrive (transient statuses,
-        resets, timeouts). A body that then breaks off (connection dropped or read
-        timeout mid-body) is requested again here, with the same backoff. Both
-        draw on one budget: once `max_retries` retries have been made in total,
-        a broken body is not asked for again.
+        resets, timeouts, an exchange over its deadline). A body that then breaks
+        off (connection dropped, read timeout or the deadline mid-body) is
+        requested again here, with the same backoff. Both draw on one budget:
+        once `max_retries` retries have been made in total, a broken body is not
+        asked for again. So the logical GET ends after at most max_retries + 1
+        exchanges, each bounded by request_deadline_s, plus the backoff between.
         """
         if self.cancelled.is_set():
             raise self.error(f"GET {url} cancelled because another page failed")
@@ -619,12 +914,9 @@ class _Fetch:
             reraise=True,
         )
         try:
-            response = retrying(self._attempt, url, attempts)
+            reply = retrying(self._attempt, url, attempts)
         except _BodyBrokeOff as exc:
-            raise self.error(
-                f"GET {url} failed after {attempts.sent} attempt(s): the response body broke off: {exc}",
-                url=url, transient=True,
-            ) from None
+            raise self.error(f"GET {url} failed after {attempts.sent} attempt(s): {exc}", url=url, transient=True) from None
         except requests.RequestException as exc:
             cause, _ = _transport_cause(exc)
             raise self.error(f"GET {url} failed after {attempts.sent} attempt(s): {cause}", url=url, transient=True) from None
@@ -633,68 +925,170 @@ class _Fetch:
                 self.requests += 1
                 self.retries += max(attempts.sent - 1, 0)
         with self.lock:
-            self.bytes += len(response.content)
-        if response.status_code != 200:
-            raise self._status_error(url, response, attempts.sent)
-        return response
+            self.bytes += len(reply.body)
+        if reply.status != 200 and reply.redirect_to is None:
+            raise self._status_error(url, reply, attempts.sent)
+        return reply
 
-    def _attempt(self, url: str, attempts: _Attempts) -> requests.Response:
-        """One requests GET (with urllib3's retries inside), its body read to the end."""
+    def _attempt(self, url: str, attempts: _Attempts) -> _Reply:
+        """One requests GET (with urllib3's retries inside), its body read to the end within the limits."""
         if self.cancelled.is_set():
             raise self.error(f"GET {url} cancelled because another page failed")
         timeout = (self.client.connect_timeout_s, self.client.read_timeout_s)
+        deadline = _Deadline(self.client.request_deadline_s)
+        _attempt_local.deadline = deadline  # the connection starts and enforces it until the headers are in
         try:
-            response = self.session.get(url, timeout=timeout, stream=True)
+            response = self.session.get(url, timeout=timeout, stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             _, exhausted = _transport_cause(exc)
             attempts.sent += self.client.max_retries + 1 if exhausted else 1
             raise
+        finally:
+            _attempt_local.deadline = None
         attempts.sent += _retries_used(response) + 1
-        try:
-            response.content  # noqa: B018 - reads and keeps the whole body
-        except requests.RequestException as exc:
-            response.close()
-            raise _BodyBrokeOff(exc) from exc
-        return response
+        with response:  # closes the connection on any failure; after a full read it is already pooled
+            if response.is_redirect:  # its body is of no use: not read
+                return _Reply(response.status_code, response.reason or "", response.headers, b"", response.headers["Location"])
+            body = self._read_body(response, url, deadline)
+        return _Reply(response.status_code, response.reason or "", response.headers, body)
 
-    def _status_error(self, url: str, response: requests.Response, attempts: int) -> SocrataError:
-        status = response.status_code
+    def _read_body(self, response: requests.Response, url: str, deadline: _Deadline) -> bytearray:
+        """The decoded body in large chunks, refused beyond max_body_bytes (also after decompression)
+        and cut off at the exchange's deadline."""
+        cap = self.client.max_body_bytes
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > cap:
+            raise self._too_big(url, f"it declares a Content-Length of {int(declared):,} bytes")
+        body = bytearray()
+        with deadline.enforced(response.raw.shutdown):
+            try:
+                for chunk in response.iter_content(_READ_CHUNK):
+                    body += chunk
+                    if len(body) > cap:
+                        raise self._too_big(url, f"more than that arrived{_decoded_note(response)}")
+            except requests.RequestException as exc:
+                if deadline.hit:
+                    raise _BodyBrokeOff(deadline.message()) from exc
+                raise _BodyBrokeOff(f"the response body broke off: {_clip(f'{type(exc).__name__}: {exc}')}") from exc
+        if deadline.hit:  # a body without a length just ends when the socket is shut: do not trust it
+            raise _BodyBrokeOff(deadline.message())
+        return body
+
+    def _too_big(self, url: str, detail: str) -> SocrataError:
+        cap = self.client.max_body_bytes
+        return self.error(
+            f"the response to GET {url} is larger than max_body_bytes = {cap:,} bytes ({detail}); a page of "
+            f"{self.client.page_size:,} rows should be far smaller. Refusing it; if it is genuine, raise "
+            "max_body_bytes or lower page_size",
+            url=url,
+        )
+
+    def _status_error(self, url: str, reply: _Reply, attempts: int) -> SocrataError:
+        status = reply.status
         transient = status in RETRY_STATUSES
-        text = f"Socrata answered HTTP {status} {response.reason or ''}".rstrip() + f" to GET {url}"
+        text = f"Socrata answered HTTP {status} {_clip(reply.reason, 80)}".rstrip() + f" to GET {url}"
         if transient:
             text += f" (still failing after {attempts} attempts)"
         if status == 202:
             text += ": the query was still being processed when the retries ran out; try again later"
         elif status == 429:
             text += ": throttled; set an app token or lower max_workers"
-        detail = _socrata_message(response.content)
+        detail = _socrata_message(reply.body)
         if detail:
             text += f": {detail}"
         return self.error(text, url=url, status=status, transient=transient)
 
 
+def _decoded_note(response: requests.Response) -> str:
+    encoding = response.headers.get("Content-Encoding")
+    return f" after {_clip(encoding, 40)} decoding" if encoding else ""
+
+
 # --------------------------------------------------------------------------------------
 # Export files
 # --------------------------------------------------------------------------------------
-def _open_binary(path: Path) -> IO[bytes]:
-    """Open plain or gzip-compressed by the magic bytes, whatever the file is called."""
-    with path.open("rb") as probe:
-        magic = probe.read(2)
+EXPORT_SUFFIXES: tuple[str, ...] = (".json", ".csv", ".json.gz", ".csv.gz")
+_EXPORT_RULE = "an export must be a regular file named *.json, *.csv, *.json.gz or *.csv.gz"
+_PSEUDO_FILESYSTEMS = frozenset({"proc", "sys", "dev"})
+
+
+def _refuse(source: str, why: str) -> SocrataError:
+    return SocrataError(f"refusing export file {source}: {why}; {_EXPORT_RULE}")
+
+
+def _open_export(path: Path) -> tuple[IO[bytes], int]:
+    """The export opened for reading, and its size; only a regular file with a data suffix.
+
+    The path and (for a symlink) its resolved target must both be named like an
+    export, and the target must not live in /proc, /sys or /dev. The file is
+    opened non-blocking (a FIFO would otherwise hang the open) and checked with
+    fstat on the open descriptor, so what is read is what was checked.
+    """
+    source = str(path)
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise SocrataError(f"export file not found: {source}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise SocrataError(f"cannot read export file {source}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    for name in dict.fromkeys((path.name, target.name)):
+        if not name.lower().endswith(EXPORT_SUFFIXES):
+            raise _refuse(source, f"{_clip(name, 120)!r} does not end in a data suffix")
+    if target.parts[1:2] and target.parts[1] in _PSEUDO_FILESYSTEMS:
+        raise _refuse(source, f"it resolves into /{target.parts[1]}")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        raise SocrataError(f"cannot read export file {source}: {exc.strerror or type(exc).__name__}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _refuse(source, "it is not a regular file (a directory, FIFO, socket or device)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def _decompressed(fh: IO[bytes]) -> IO[bytes]:
+    """Plain or gzip-compressed by the magic bytes, whatever the file is called; peekable."""
+    magic = fh.read(2)
+    fh.seek(0)
     if magic == _GZIP_MAGIC:
-        return io.BufferedReader(gzip.open(path, "rb"))  # type: ignore[arg-type]
-    return path.open("rb")
+        return io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"))  # type: ignore[arg-type]
+    return fh
+
+
+def _file_problem(exc: BaseException) -> str:
+    """What is wrong with an export file, with a position where one is known, never its contents.
+
+    Parser messages can quote the bytes they choke on; only fixed phrases and numbers pass.
+    """
+    if isinstance(exc, json.JSONDecodeError):  # exc.msg is one of the json module's fixed phrases
+        return f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos:,})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8 text ({exc.reason})"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error, EOFError)):
+        return "corrupt or truncated gzip data"
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "no CSV header (the file is empty)"
+    if isinstance(exc, pd.errors.ParserError):
+        where = re.search(r"\b(line|row) (\d+)", str(exc))
+        return "malformed CSV" + (f" near {where[1]} {where[2]}" if where else "")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"unreadable content ({type(exc).__name__})"
 
 
 def _read_json_export(fh: IO[bytes], source: str) -> pd.DataFrame:
     data = json.load(fh)
-    problem = _describe_not_rows(data)
+    problem = _describe_not_rows(data, quote=False)
     if problem:
         raise SocrataError(f"cannot read export file {source}: {problem}")
     table = _rows_to_table(data)
     del data
     if table.num_rows == 0:
         return pd.DataFrame()
-    return _frame_from_tables([table], source)
+    return _frame_from_tables([table], source, quote=False)
 
 
 def _read_csv_export(fh: IO[bytes], source: str) -> pd.DataFrame:
@@ -706,7 +1100,7 @@ def _read_csv_export(fh: IO[bytes], source: str) -> pd.DataFrame:
         na_values=[""],
         encoding="utf-8-sig",
     )
-    order = _column_order(map(str, frame.columns), source)
+    order = _column_order(map(str, frame.columns), source, quote=False)
     return frame[order].reset_index(drop=True)
 
 
@@ -715,23 +1109,24 @@ def read_export_file(path: str | Path) -> Extract:
 
     Accepts the API's JSON array, the old 8-column CSV with ISO dates and the
     newer 9-column CSV with ``geocoded_state`` and ``YYYY/MM/DD`` dates; values
-    are returned as delivered, like the API path.
+    are returned as delivered, like the API path. Only a regular file named
+    ``*.json``, ``*.csv``, ``*.json.gz`` or ``*.csv.gz`` is read (see
+    `_open_export`), and an error names the file and the kind of problem,
+    never the file's contents.
     """
     started = time.monotonic()
     p = Path(path)
     source = str(p)
-    if not p.is_file():
-        raise SocrataError(f"export file not found: {source}")
-    size = p.stat().st_size
+    opened, size = _open_export(p)
     try:
-        with _open_binary(p) as fh:
+        with opened, _decompressed(opened) as fh:
             head = fh.peek(64)[:64].lstrip(b"\xef\xbb\xbf \t\r\n")  # type: ignore[attr-defined]
             if head[:1] == b"[" or head[:1] == b"{":
                 frame = _read_json_export(fh, source)
             else:
                 frame = _read_csv_export(fh, source)
-    except (ValueError, OSError, EOFError) as exc:  # pandas' ParserError is a ValueError
-        raise SocrataError(f"cannot read export file {source}: {type(exc).__name__}: {exc}") from exc
+    except (ValueError, OSError, EOFError, zlib.error) as exc:  # pandas' ParserError is a ValueError
+        raise SocrataError(f"cannot read export file {source}: {_file_problem(exc)}") from None
     if len(frame) == 0:
         raise SocrataError(f"source returned no rows: export file {source} has no data rows")
     stats = FetchStats(
