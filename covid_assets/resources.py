@@ -16,7 +16,11 @@ from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets.storage.warehouse import WarehouseResource
 
 # Tuning knob -> (environment variable, conversion); unset variables keep the resource's default.
-SOCRATA_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {"page_size": ("SOCRATA_PAGE_SIZE", int)}
+SOCRATA_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "page_size": ("SOCRATA_PAGE_SIZE", int),
+    "max_body_bytes": ("SOCRATA_MAX_BODY_BYTES", int),
+    "request_deadline_s": ("SOCRATA_REQUEST_DEADLINE_S", float),
+}
 WAREHOUSE_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "lock_timeout_s": ("COVID_DB_LOCK_TIMEOUT_S", float),
     "statement_timeout_s": ("COVID_DB_STATEMENT_TIMEOUT_S", float),

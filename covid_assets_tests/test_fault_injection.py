@@ -306,6 +306,11 @@ BAD_DELIVERIES = {
         r"reports count\(\*\) = 10,000,000,000 rows, more than this client fetches: 100,000 pages of 1,000 rows "
         r"= 100,000,000; refusing",
     ),
+    "a-page-dripping-forever": (  # 20 pieces 0.3 s apart: every read is quick, the whole never arrives in time
+        lambda fake, good: fake.faults.append(Fault.drip(0.3, pieces=20, times=100, **page(1000))),
+        {"request_deadline_s": 1.0, "max_retries": 1},
+        r"\$offset=1000 failed after 2 attempt\(s\): no complete response within the request deadline of 1 s",
+    ),
     "gzip-bomb-beyond-the-default-body-cap": (  # ~300 kB on the wire, 300 MiB decoded
         lambda fake, good: fake.faults.append(Fault.gzip_bomb(300, **page(1000))),
         {},

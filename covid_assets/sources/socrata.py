@@ -1182,6 +1182,12 @@ class SocrataSource(dg.ConfigurableResource):
     read_timeout_s: float = Field(default=120.0, gt=0, le=600, description="Read timeout per attempt")
     max_retries: int = Field(default=6, ge=0, le=20, description="Retries per request for 202/429/5xx, resets and timeouts")
     backoff_factor: float = Field(default=0.5, ge=0, le=60, description="Exponential backoff base in seconds (with jitter)")
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1 << 20, le=2 << 30, description="Largest response body, after decompression"
+    )
+    request_deadline_s: float = Field(
+        default=DEFAULT_REQUEST_DEADLINE_S, gt=0, le=3600, description="Longest time one HTTP exchange may take, body included"
+    )
     _target: SocrataTarget | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -1204,6 +1210,8 @@ class SocrataSource(dg.ConfigurableResource):
             read_timeout_s=self.read_timeout_s,
             max_retries=self.max_retries,
             backoff_factor=self.backoff_factor,
+            max_body_bytes=self.max_body_bytes,
+            request_deadline_s=self.request_deadline_s,
         )
         return SocrataClient(**{**settings, **overrides})
 
