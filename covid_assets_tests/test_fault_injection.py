@@ -371,6 +371,7 @@ def test_an_extra_column_is_kept_in_raw_and_ignored_downstream(loaded: Loaded, g
 BAD_VALUES = {
     # id: (column, bad value, problem the message names)
     "non-numeric-count": ("new_results_reported", "12a", "non-numeric new_results_reported"),
+    "count-of-10^15": ("new_results_reported", "1000000000000000", "new_results_reported out of range (|n| >= 10^12)"),
     "bad-date": ("date", "2020-13-01", "bad date"),
     "unknown-outcome": ("overall_outcome", "Maybe", "unknown overall_outcome"),
     "three-letter-state": ("state", "ALA", "state is not a 2-letter code"),

@@ -66,6 +66,18 @@ def test_blank_counts_are_null_and_negative_counts_are_kept() -> None:
     assert frame.loc["Positive", "new_results_reported"] == -7
 
 
+def test_counts_up_to_twelve_digits_are_accepted() -> None:
+    # The bound is on the value: leading zeros do not count as digits.
+    frame = type_test_results(
+        raw_frame(
+            {"new_results_reported": "999999999999", "overall_outcome": "Positive"},
+            {"new_results_reported": "-999999999999", "overall_outcome": "Negative"},
+            {"new_results_reported": "0000000000000007", "overall_outcome": "Inconclusive"},
+        )
+    ).frame.set_index("overall_outcome")
+    assert frame["new_results_reported"].to_dict() == {"Inconclusive": 7, "Negative": -999_999_999_999, "Positive": 999_999_999_999}
+
+
 def test_missing_fields_are_null() -> None:
     raw = raw_frame({}).assign(total_results_reported=pd.array([None], dtype="string"))
     frame = type_test_results(raw).frame
@@ -89,6 +101,8 @@ def test_duplicate_keys_keep_the_last_delivered_and_are_counted() -> None:
         ({"date": None}, "missing date: 1"),
         ({"new_results_reported": "12a"}, "non-numeric new_results_reported: 1"),
         ({"total_results_reported": "1.5"}, "non-numeric total_results_reported: 1"),
+        ({"new_results_reported": "1000000000000000"}, "new_results_reported out of range (|n| >= 10^12): 1"),
+        ({"total_results_reported": "-1000000000000"}, "total_results_reported out of range (|n| >= 10^12): 1"),
         ({"overall_outcome": "Maybe"}, "unknown overall_outcome: 1"),
         ({"overall_outcome": None}, "unknown overall_outcome: 1"),
         ({"state": "ALA"}, "state is not a 2-letter code: 1"),

@@ -123,6 +123,28 @@ def test_rounding_is_half_away_from_zero():
     assert build_state_results(frame)["positivity_rate"].tolist() == [3.13]
 
 
+def test_large_counts_give_exact_rates_not_overflowed_ones():
+    # 10^15 positive of 2 x 10^15 = 50 %; scaled by 10^4 for the rounding, 10^19 exceeds int64
+    # (an int64 computation gave 3.88). Counts this large are bad rows in the typed table
+    # (parsing.COUNT_LIMIT), but the summaries must never return a wrong number.
+    big = make_base([("AA", POS, "2021-01-01", 10**15, 10**15), ("AA", NEG, "2021-01-01", 10**15, 10**15)])
+    assert build_state_results(big)["positivity_rate"].tolist() == [50.0]
+    assert build_outcome_results(big)["pct_of_results"].tolist() == [50.0, 50.0]
+    # 1 of 3 x 10^15 + 1 rounds like SQL: 33.333... -> 33.33; 2/3 -> 66.67
+    odd = make_base([("AA", POS, "2021-01-01", 10**15, 10**15), ("AA", NEG, "2021-01-01", 2 * 10**15, 2 * 10**15)])
+    assert build_outcome_results(odd)["pct_of_results"].tolist() == [66.67, 33.33]
+    week = make_base([("AA", POS, f"2021-01-0{d}", 10**15, 10**15) for d in range(1, 8)])
+    assert build_smoothed_results(week)["smoothed_positivity_rate"].iloc[6] == 100.0
+
+
+def test_sums_that_could_overflow_int64_are_refused_not_wrapped():
+    # Ten counts of 10^18 sum to 10^19 > 2^63 - 1: int64 would wrap to a negative total.
+    huge = make_base([("AA", POS, f"2021-01-{d:02}", 10**18, 10**18) for d in range(1, 11)])
+    for build in (build_outcome_results, build_state_results, build_smoothed_results, build_total_results):
+        with pytest.raises(ValueError, match=r"10 values of new_results_reported up to 1,000,000,000,000,000,000 .* beyond int64"):
+            build(huge)
+
+
 def test_state_results():
     # AA: pos 10 - 2 = 8, neg 30 + NA = 30, inc 2, total 40 -> 8/40 = 20 %
     # BB: pos 1, neg 2, no Inconclusive rows -> 0, total 3 -> 1/3 = 33.333 %

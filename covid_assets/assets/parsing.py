@@ -2,6 +2,13 @@
 
 Rows that cannot be typed fail the run instead of vanishing: a full refresh that quietly
 dropped rows would replace good history with a smaller table.
+
+Counts must be whole numbers below 10^12 in absolute value (`COUNT_LIMIT`; leading zeros
+aside, at most 12 digits). The largest real cumulative count is about 10^9, so a larger one is
+a broken value, and the bound keeps the summaries exact in int64: a sum over n rows stays
+below n x 10^12, which fits while the table has fewer than 9.2 million rows (38 times its size
+in 2024; `summary_frames` refuses a larger table rather than overflow), and the rates are
+computed in Python integers (`summary_frames._rate`), so scaling them by 10^4 cannot overflow.
 """
 
 from dataclasses import dataclass
@@ -17,6 +24,8 @@ COUNT_COLUMNS = ["new_results_reported", "total_results_reported"]
 BASE_COLUMNS = [*TEXT_COLUMNS, "date", *COUNT_COLUMNS]
 DATE_DTYPE = pd.ArrowDtype(pa.date32())
 MAX_REPORTED_BAD_ROWS = 5
+COUNT_DIGITS = 12
+COUNT_LIMIT = 10**COUNT_DIGITS  # |count| < COUNT_LIMIT, see the module docstring
 # Census FIPS codes by USPS code: fills a missing state_fips (the code is implied by the state).
 STATE_FIPS = dict(
     pair.split(":")
@@ -50,7 +59,7 @@ def type_test_results(raw: pd.DataFrame) -> TypedRows:
             **{column: _parse_counts(text[column]) for column in COUNT_COLUMNS},
         }
     )
-    _raise_on_invalid_rows(raw, typed, given={column: text[column].notna() for column in ["date", *COUNT_COLUMNS]})
+    _raise_on_invalid_rows(raw, typed, text)
     deduplicated = typed.drop_duplicates(PRIMARY_KEY, keep="last")
     frame = deduplicated.sort_values(PRIMARY_KEY, ignore_index=True)
     return TypedRows(frame=frame, duplicates_dropped=len(typed) - len(deduplicated))
@@ -74,17 +83,30 @@ def _parse_dates(text: pd.Series) -> pd.Series:
 
 
 def _parse_counts(text: pd.Series) -> pd.Series:
-    """Whole numbers, possibly negative; blank means NULL; anything else is left NA for the check."""
-    whole = text.str.fullmatch(r"-?\d{1,18}").fillna(False)
+    """Whole numbers below COUNT_LIMIT, possibly negative; blank means NULL; anything else is left NA for the check."""
+    whole = text.str.fullmatch(rf"-?0*\d{{1,{COUNT_DIGITS}}}").fillna(False)
     return text.where(whole).astype("Int64")
 
 
-def _problems(typed: pd.DataFrame, given: dict[str, pd.Series]) -> dict[str, pd.Series]:
+def _count_problems(column: str, text: pd.Series, typed: pd.Series) -> dict[str, pd.Series]:
+    """A count given but not typed is out of range when it is a whole number, else non-numeric.
+
+    Only the rows that failed are matched again, so good data costs nothing here.
+    """
+    unparsed = text.notna() & typed.isna()
+    too_large = pd.Series(False, index=text.index)
+    if unparsed.any():
+        too_large = unparsed & text.where(unparsed).str.fullmatch(r"-?\d+").fillna(False)
+    return {f"non-numeric {column}": unparsed & ~too_large, f"{column} out of range (|n| >= 10^{COUNT_DIGITS})": too_large}
+
+
+def _problems(typed: pd.DataFrame, text: dict[str, pd.Series]) -> dict[str, pd.Series]:
     """One boolean mask per kind of bad row, keyed by a message naming the problem.
 
-    `given` says per column which rows had a value in the source: a blank count is NULL, a
-    count that was given but did not parse is an error.
+    `text` holds the cleaned source values: a blank count is NULL, a count that was given but
+    did not parse is an error.
     """
+    given = {column: text[column].notna() for column in ["date", *COUNT_COLUMNS]}
     return {
         "missing state": typed["state"].isna(),
         "state is not a 2-letter code": typed["state"].notna() & ~typed["state"].str.fullmatch(r"[A-Z]{2}").fillna(False),
@@ -92,14 +114,15 @@ def _problems(typed: pd.DataFrame, given: dict[str, pd.Series]) -> dict[str, pd.
         "missing date": ~given["date"],
         "bad date": given["date"] & typed["date"].isna(),
         **{
-            f"non-numeric {column}": given[column] & typed[column].isna()
+            name: mask
             for column in COUNT_COLUMNS
+            for name, mask in _count_problems(column, text[column], typed[column]).items()
         },
     }
 
 
-def _raise_on_invalid_rows(raw: pd.DataFrame, typed: pd.DataFrame, given: dict[str, pd.Series]) -> None:
-    problems = {name: mask for name, mask in _problems(typed, given).items() if mask.any()}
+def _raise_on_invalid_rows(raw: pd.DataFrame, typed: pd.DataFrame, text: dict[str, pd.Series]) -> None:
+    problems = {name: mask for name, mask in _problems(typed, text).items() if mask.any()}
     if not problems:
         return
     any_bad = pd.concat(problems.values(), axis=1).any(axis=1)

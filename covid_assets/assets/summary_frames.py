@@ -7,6 +7,12 @@ and returns a fresh frame with a RangeIndex, the columns and dtypes of its `*_DT
 Rates and means are rounded to 2 decimals HALF AWAY FROM ZERO, like Postgres
 `round(numeric, 2)`, and the rounding is done in exact integer arithmetic (see `_rate`), so a
 value such as 1/32 = 3.125 % becomes 3.13 here as in SQL (float `.round(2)` would give 3.12).
+
+No number is ever wrong by overflow: counts are below 10^12 (`parsing.COUNT_LIMIT`), so the
+sums over a base table of fewer than 9.2 million rows fit in int64 (`_require_exact_sums`
+refuses a frame for which they might not), the 7-day sums are differences of exact int64
+running sums, and the rates are computed in Python integers, which do not overflow when
+scaled by 10^4.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from covid_assets.assets.parsing import OUTCOMES
+from covid_assets.assets.parsing import COUNT_COLUMNS, OUTCOMES
 
 TEXT, DATE, COUNT, RATE = "string", pd.ArrowDtype(pa.date32()), "Int64", "float64"
 
@@ -46,17 +52,41 @@ RECENT_POSITIVITY_RESULTS_DTYPES = {
 }
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
 def _rate(num: pd.Series, den: pd.Series | int, scale: int = 100) -> pd.Series:
     """round(scale * num / den, 2) as float64, NaN where den is 0 or either side is NA.
 
     Integer arithmetic rounds exact .xx5 ties half away from zero, as Postgres does; binary
     floats cannot (most such ties are not representable, and numpy rounds half to even).
+    The integers are Python's, as `num * 10^4` can exceed int64; a summary has at most a few
+    thousand rows, so this costs about a millisecond.
     """
     den = den if isinstance(den, pd.Series) else pd.Series(den, index=num.index)
-    n, d = num.astype(COUNT) * (scale * 100), den.astype(COUNT)
-    d = d.mask(d == 0)  # Int64 // 0 gives 0, not NA
-    q = (2 * n.abs() + d.abs()) // (2 * d.abs()) * np.sign(n) * np.sign(d)
-    return (q / 100).astype(RATE)
+    rates = [_rounded_rate(n, d, scale * 100) for n, d in zip(num.astype(COUNT), den.astype(COUNT))]
+    return pd.Series(rates, index=num.index, dtype=RATE)
+
+
+def _rounded_rate(n: object, d: object, factor: int) -> float:
+    """round(factor * n / d) / 100, half away from zero, exactly; NaN for NA or d = 0."""
+    if n is pd.NA or d is pd.NA or d == 0:
+        return np.nan
+    n, d = int(n) * factor, int(d)
+    q = (2 * abs(n) + abs(d)) // (2 * abs(d))
+    return (q if (n < 0) == (d < 0) else -q) / 100  # int / int: the correctly rounded float
+
+
+def _require_exact_sums(base: pd.DataFrame) -> None:
+    """Refuse a frame whose count sums might overflow int64 (never reached by typed data under 9.2M rows)."""
+    for column in COUNT_COLUMNS:
+        values = base[column].dropna()
+        largest = max(abs(int(values.min())), abs(int(values.max()))) if len(values) else 0
+        if largest * len(values) > _INT64_MAX:
+            raise ValueError(
+                f"{len(values):,} values of {column} up to {largest:,} in magnitude could sum beyond int64; "
+                "refusing to compute summaries that might be wrong"
+            )
 
 
 def _typed(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
@@ -82,6 +112,7 @@ def _by_outcome(rows: pd.DataFrame, value: str, how: str, states: pd.Index) -> p
 
 def build_outcome_results(base: pd.DataFrame) -> pd.DataFrame:
     """Results per outcome and their share of all results, largest first."""
+    _require_exact_sums(base)
     totals = base.groupby("overall_outcome")["new_results_reported"].sum()  # NA ignored
     out = totals.rename("total_results_reported").reset_index()
     out["pct_of_results"] = _rate(out["total_results_reported"], int(totals.sum()))
@@ -94,6 +125,7 @@ def build_state_results(base: pd.DataFrame) -> pd.DataFrame:
 
     state_name is the one on the state's latest row, in case a jurisdiction was renamed.
     """
+    _require_exact_sums(base)
     latest = _latest_rows(base)
     counts = _by_outcome(base, "new_results_reported", "sum", latest.index)
     out = pd.DataFrame({
@@ -114,6 +146,7 @@ def build_smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
     was reported), so the rolling window is 7 calendar days, not 7 reporting days; the
     first 6 days have no full window and get NaN.
     """
+    _require_exact_sums(base)
     daily = base.groupby(["date", "overall_outcome"])["new_results_reported"].sum()
     dates = base["date"].dropna()
     calendar = pd.date_range(dates.min(), dates.max()).date if len(dates) else []
@@ -123,7 +156,9 @@ def build_smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
         .fillna(0)
         .astype("int64")
     )
-    week = daily.rolling(7, min_periods=7).sum().astype(COUNT)  # exact: integer-valued floats
+    running = daily.cumsum()  # exact in int64 (see _require_exact_sums); a float rolling sum is not above 2^53
+    week = (running - running.shift(7, fill_value=0)).astype(COUNT)
+    week.iloc[:6] = pd.NA
     out = daily.set_axis(["positive_tests", "negative_tests", "inconclusive_tests"], axis=1)
     for outcome in OUTCOMES:
         out[f"smoothed_{outcome.lower()}_tests"] = _rate(week[outcome], 7, scale=1)
@@ -137,6 +172,7 @@ def build_total_results(base: pd.DataFrame) -> pd.DataFrame:
     Each outcome's cumulative total comes from its most recent row with a non-NA total, so a
     state whose last rows lack totals still reports its last known figure.
     """
+    _require_exact_sums(base)
     latest = _latest_rows(base)
     totals = _by_outcome(base, "total_results_reported", "last", latest.index)  # last skips NA
     out = pd.DataFrame({
