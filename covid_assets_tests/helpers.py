@@ -64,6 +64,25 @@ def fresh_database(admin_url: str, prefix: str = "test", template: str | None = 
         drop_database(admin_url, name)
 
 
+@contextmanager
+def reader_role(url: str) -> Iterator[str]:
+    """A login-less role for the block (roles are cluster-wide: a unique name, dropped afterwards)."""
+    role = f"reader_{uuid.uuid4().hex[:12]}"
+    query(url, sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)).as_string())
+    try:
+        yield role
+    finally:
+        query(url, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)).as_string())  # its grants in this database
+        query(url, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)).as_string())
+
+
+def as_role(url: str, role: str, statement: str) -> list[tuple]:
+    """The statement's rows, run with the privileges of `role`."""
+    with psycopg.connect(url) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        return conn.execute(statement).fetchall()
+
+
 def table_fingerprints(url: str) -> dict[str, tuple]:
     """Row count and an order-independent checksum of every table (fetched_at excluded)."""
     fingerprints = {}

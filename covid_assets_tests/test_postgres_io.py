@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from dagster import AssetIn, AssetKey, asset
 
-from covid_assets_tests.helpers import deployment, materialize_on, query
+from covid_assets_tests.helpers import as_role, deployment, materialize_on, query, reader_role
 
 DATE = pd.ArrowDtype(pa.date32())
 
@@ -155,16 +155,122 @@ def test_replace_keeps_dependent_views_when_columns_are_unchanged(warehouse_url:
     assert query(warehouse_url, "SELECT count(*) FROM scratch.keyed_view") == [(3,)]
 
 
-def test_changed_columns_rebuild_the_table(warehouse_url: str) -> None:
-    materialize_keyed(warehouse_url, keyed_frame(["a"]))
-    materialize_keyed(warehouse_url, keyed_frame(["b"]).assign(extra=pd.array(["x"], dtype="string")))
-    columns = query(
-        warehouse_url,
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'scratch' "
-        "AND table_name = 'keyed' ORDER BY ordinal_position",
+def table_columns(url: str, table: str = "keyed") -> list[tuple[str, str]]:
+    return query(
+        url,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'scratch' "
+        "AND table_name = %s ORDER BY ordinal_position",
+        (table,),
     )
-    assert columns == [("k",), ("day",), ("v",), ("extra",)]
-    assert query(warehouse_url, "SELECT k, extra FROM scratch.keyed") == [("b", "x")]
+
+
+def primary_key(url: str, table: str = "scratch.keyed") -> list[str]:
+    rows = query(
+        url,
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (table,),
+    )
+    return [name for (name,) in rows]
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "unkeyed"])
+def test_a_new_column_is_added_in_place_and_views_grants_and_indexes_survive(warehouse_url: str, keyed: bool) -> None:
+    """The table is altered, never dropped: what analysts built on it stays."""
+
+    def write(frame: pd.DataFrame) -> None:
+        @asset(key_prefix=["scratch"], name="keyed", metadata={"primary_key": ["k", "day"]} if keyed else {})
+        def table() -> pd.DataFrame:
+            return frame
+
+        materialize_on(warehouse_url, [table])
+
+    write(keyed_frame(["a", "b"]))
+    with reader_role(warehouse_url) as reader:
+        for statement in (
+            "CREATE VIEW scratch.keyed_view AS SELECT k, v FROM scratch.keyed",
+            "CREATE INDEX keyed_v ON scratch.keyed (v)",
+            f'GRANT USAGE ON SCHEMA scratch TO "{reader}"',
+            f'GRANT SELECT ON scratch.keyed, scratch.keyed_view TO "{reader}"',
+        ):
+            query(warehouse_url, statement)
+        oid = query(warehouse_url, "SELECT 'scratch.keyed'::regclass::oid")
+
+        write(keyed_frame(["b", "c", "d"]).assign(extra=pd.array(["x", None, "z"], dtype="string")))
+
+        assert query(warehouse_url, "SELECT 'scratch.keyed'::regclass::oid") == oid
+        assert table_columns(warehouse_url) == [("k", "text"), ("day", "date"), ("v", "bigint"), ("extra", "text")]
+        assert query(warehouse_url, "SELECT k, v, extra FROM scratch.keyed ORDER BY k") == [("b", 0, "x"), ("c", 1, None), ("d", 2, "z")]
+        assert as_role(warehouse_url, reader, "SELECT k FROM scratch.keyed_view ORDER BY k") == [("b",), ("c",), ("d",)]
+        assert as_role(warehouse_url, reader, "SELECT count(extra) FROM scratch.keyed") == [(2,)]
+        assert query(warehouse_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'keyed' AND indexname = 'keyed_v'") == [("keyed_v",)]
+        assert primary_key(warehouse_url) == (["k", "day"] if keyed else [])
+
+
+def test_a_removed_column_is_kept_and_null_in_the_rows_written_after(warehouse_url: str) -> None:
+    materialize_keyed(warehouse_url, keyed_frame(["a", "b"]).assign(extra=pd.array(["x", "y"], dtype="string")))
+    query(warehouse_url, "CREATE VIEW scratch.extra_view AS SELECT k, extra FROM scratch.keyed")
+    changed = keyed_frame(["a", "b", "c"]).assign(v=pd.array([0, 5, 2], dtype="Int64"))  # a unchanged, b changed, c new
+    result = materialize_keyed(warehouse_url, changed)
+    assert table_columns(warehouse_url)[-1] == ("extra", "text")
+    # Rows the run wrote hold NULL; the unchanged row keeps its value (module docstring).
+    assert query(warehouse_url, "SELECT k, v, extra FROM scratch.extra_view JOIN scratch.keyed USING (k, extra) ORDER BY k") == [("a", 0, "x")]
+    assert query(warehouse_url, "SELECT k, v, extra FROM scratch.keyed ORDER BY k") == [("a", 0, "x"), ("b", 5, None), ("c", 2, None)]
+    metadata = result.asset_materializations_for_node("scratch__keyed")[0].metadata
+    assert metadata["columns_no_longer_written"].value == ["extra"]
+
+
+def test_a_changed_column_type_is_a_clear_error_and_keeps_the_table(warehouse_url: str) -> None:
+    materialize_keyed(warehouse_url, keyed_frame(["a"]))
+    retyped = keyed_frame(["b"]).assign(v=pd.array(["seven"], dtype="string"))
+    with pytest.raises(Exception, match=r"column types of scratch.keyed changed \('v' is BIGINT in the table, TEXT in the frame\)"):
+        materialize_keyed(warehouse_url, retyped)
+    assert table_columns(warehouse_url) == [("k", "text"), ("day", "date"), ("v", "bigint")]
+    assert query(warehouse_url, "SELECT k, v FROM scratch.keyed") == [("a", 0)]
+
+
+def test_a_changed_primary_key_is_swapped_in_place(warehouse_url: str) -> None:
+    materialize_keyed(warehouse_url, keyed_frame(["a", "b"]))
+    query(warehouse_url, "CREATE VIEW scratch.keyed_view AS SELECT k, day FROM scratch.keyed")
+
+    @asset(key_prefix=["scratch"], name="keyed", metadata={"primary_key": ["v"]})
+    def rekeyed() -> pd.DataFrame:
+        return keyed_frame(["a", "b", "c"]).assign(day=pd.array([None] * 3, dtype=DATE))  # day leaves the key: NULL allowed
+
+    materialize_on(warehouse_url, [rekeyed])
+    assert primary_key(warehouse_url) == ["v"]
+    assert query(warehouse_url, "SELECT k, day, v FROM scratch.keyed ORDER BY v") == [("a", None, 0), ("b", None, 1), ("c", None, 2)]
+    assert query(warehouse_url, "SELECT count(*) FROM scratch.keyed_view") == [(3,)]
+    materialize_keyed(warehouse_url, keyed_frame(["a"]))  # and back, merging afterwards as usual
+    assert primary_key(warehouse_url) == ["k", "day"]
+    assert query(warehouse_url, "SELECT k, v FROM scratch.keyed") == [("a", 0)]
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("x" * 64, "at most 63 bytes"),
+        ("ä" * 32, "at most 63 bytes"),  # 64 bytes in UTF-8
+        ("", "non-empty"),
+    ],
+    ids=["64-ascii-bytes", "64-utf8-bytes", "empty"],
+)
+def test_column_names_postgres_would_truncate_or_refuse_are_a_clear_error(warehouse_url: str, name: str, problem: str) -> None:
+    with pytest.raises(Exception, match=f"column names must be {problem}|{problem}"):
+        store_and_load(warehouse_url, pd.DataFrame({name: pd.array(["a"], dtype="string")}))
+
+
+def test_json_columns_are_jsonb_and_round_trip(warehouse_url: str) -> None:
+    json_dtype = pd.ArrowDtype(pa.json_())
+    frame = keyed_frame(["a", "b"]).assign(doc=pd.array(['{"x": "1"}', None], dtype=json_dtype))
+    loaded = store_and_load(warehouse_url, frame)
+    assert str(loaded["doc"].dtype) == str(json_dtype)
+    assert loaded["doc"].tolist()[0] == '{"x": "1"}' and loaded["doc"].isna().tolist() == [False, True]
+    assert query(warehouse_url, "SELECT data_type FROM information_schema.columns WHERE column_name = 'doc'") == [("jsonb",)]
+    assert query(warehouse_url, "SELECT doc->>'x' FROM scratch.stored WHERE k = 'a'") == [("1",)]
+    materialize_keyed(warehouse_url, frame)  # a keyed table merges them too, written twice
+    materialize_keyed(warehouse_url, frame.assign(doc=pd.array(['{"x": "2"}', '{}'], dtype=json_dtype)))
+    assert query(warehouse_url, "SELECT k, doc->>'x' FROM scratch.keyed ORDER BY k") == [("a", "2"), ("b", None)]
 
 
 def test_readers_see_old_or_new_rows_never_partial(warehouse_url: str) -> None:
@@ -250,10 +356,12 @@ def test_none_output_is_rejected(warehouse_url: str) -> None:
         materialize_on(warehouse_url, [nothing])
 
 
-def test_reordered_columns_rebuild_the_table(warehouse_url: str) -> None:
+def test_reordered_columns_are_written_by_name_without_rebuilding(warehouse_url: str) -> None:
     materialize_keyed(warehouse_url, keyed_frame(["a", "b"]))
+    oid = query(warehouse_url, "SELECT 'scratch.keyed'::regclass::oid")
     materialize_keyed(warehouse_url, keyed_frame(["c"])[["v", "day", "k"]])
-    assert query(warehouse_url, "SELECT * FROM scratch.keyed") == [(0, dt.date(2021, 1, 1), "c")]
+    assert query(warehouse_url, "SELECT * FROM scratch.keyed") == [("c", dt.date(2021, 1, 1), 0)]
+    assert query(warehouse_url, "SELECT 'scratch.keyed'::regclass::oid") == oid
 
 
 def test_the_warehouse_used_outside_a_run_leaves_no_open_transaction(warehouse_url: str) -> None:

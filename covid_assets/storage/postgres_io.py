@@ -10,6 +10,24 @@ Three small pieces plug into Dagster's `DbIOManager` (which maps an asset key
 * `PostgresPandasIOManager` is the configurable resource users wire into `Definitions`.
 
 Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text.
+
+A table is created on its first write and never dropped afterwards, so analysts' views, grants
+and indexes on it survive every refresh. When the frame's shape differs from the table's:
+
+* a new column is added (`ALTER TABLE ... ADD COLUMN`, nullable; existing rows get NULL);
+* a column the frame no longer has is kept: rows written from then on hold NULL in it (all rows
+  of a table without a key, since those are rewritten; in a keyed table the unchanged rows keep
+  their values). Drop it by hand once nothing needs it; the output metadata names it;
+* a column whose type changed is an error naming both types: converting data is left to a person
+  (`ALTER TABLE ... ALTER COLUMN ... TYPE ... USING ...`);
+* a changed primary key is swapped in place: the old constraint is dropped, the rows replaced,
+  the new key added (a key that the new rows repeat fails the run);
+* a different column order changes nothing: rows are written by column name.
+
+Adding a column or changing the key takes an ACCESS EXCLUSIVE lock on the table until the run
+commits (readers of that table wait for that one run); unchanged shapes take no such lock.
+Column names must be valid Postgres identifiers as they are (non-empty, at most 63 bytes,
+at most 1,600 columns), since Postgres would silently truncate a longer one.
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
@@ -38,6 +57,8 @@ from covid_assets.storage.warehouse import WarehouseResource
 PRIMARY_KEY_METADATA = "primary_key"
 COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
 PREVIEW_ROWS = 10
+MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
+MAX_COLUMNS = 1_600
 
 # Arrow type -> (Postgres type, the Arrow type ADBC must be handed for that column).
 _POSTGRES_TYPES: tuple[tuple[object, str, pa.DataType | None], ...] = (
@@ -48,6 +69,7 @@ _POSTGRES_TYPES: tuple[tuple[object, str, pa.DataType | None], ...] = (
     (pa.types.is_date, "DATE", pa.date32()),
     (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     (pa.types.is_timestamp, "TIMESTAMP", pa.timestamp("us")),
+    (lambda t: isinstance(t, pa.JsonType), "JSONB", pa.json_()),  # ADBC writes arrow.json as jsonb
 )
 
 # Arrow type read back from Postgres -> pandas dtype, so a round trip keeps the dtypes:
@@ -58,6 +80,7 @@ _PANDAS_DTYPES: dict[pa.DataType, object] = {
     pa.large_string(): pd.StringDtype(),
     pa.bool_(): pd.BooleanDtype(),
     pa.date32(): pd.ArrowDtype(pa.date32()),
+    pa.json_(): pd.ArrowDtype(pa.json_()),
 }
 
 
@@ -123,12 +146,22 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
         table, column_types = to_postgres_arrow(obj)
         definition = context.definition_metadata or {}
         primary_key = list(definition.get(PRIMARY_KEY_METADATA) or [])
-        created = _sync_table_definition(connection, table_slice, column_types, primary_key)
-        if primary_key and not created:
+        changes = sync_table_definition(connection, table_slice, column_types, primary_key)
+        if primary_key and not changes.rewrite:
             merge_rows(connection, table_slice, table, primary_key)
         else:
-            replace_rows(connection, table_slice, table, delete_first=not created)
-        return table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {})
+            replace_rows(connection, table_slice, table, delete_first=not changes.created)
+            if primary_key and changes.key_changed:
+                _add_primary_key(connection, table_slice, primary_key)
+        if changes.unwritten:
+            context.log.warning(
+                f"{table_slice.schema}.{table_slice.table}: columns {list(changes.unwritten)} are no longer written "
+                "(kept, NULL in the rows written from now on); drop them by hand when nothing needs them"
+            )
+        return {
+            **table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {}),
+            **changes.metadata(),
+        }
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: adbc.Connection) -> pd.DataFrame:
         return read_frame(connection, table_slice)
@@ -151,8 +184,10 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
     changed rows are deleted and only new or changed rows inserted, in the same transaction.
     """
     target = qualified_name(table_slice)
-    stored = read_arrow(connection, table_slice._replace(columns=None)).cast(table.schema)
-    inserts, deletes = diff_by_key(stored, table, primary_key)
+    stored = read_arrow(connection, table_slice._replace(columns=table.column_names)).cast(table.schema)
+    inserts, deletes = diff_by_key(_plain(stored), _plain(table), primary_key)
+    if inserts.schema != table.schema:
+        inserts = inserts.cast(table.schema)  # the extension types back, for ADBC
     if deletes.num_rows:
         stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
         stage = sql.Identifier(stage_name)
@@ -169,6 +204,17 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
             cursor.adbc_ingest(table_slice.table, inserts, mode="append", db_schema_name=table_slice.schema)
 
 
+def _plain(table: pa.Table) -> pa.Table:
+    """Extension columns (JSON) as their storage strings, which Arrow can compare.
+
+    A JSONB value reads back in Postgres' normal form, so a keyed table with a JSON column
+    rewrites the rows whose JSON text is spelled differently: correct, only slower.
+    """
+    if not any(isinstance(field.type, pa.BaseExtensionType) for field in table.schema):
+        return table
+    return table.cast(pa.schema([field.with_type(getattr(field.type, "storage_type", field.type)) for field in table.schema]))
+
+
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
     return read_arrow(connection, table_slice).to_pandas(types_mapper=_PANDAS_DTYPES.get)
 
@@ -181,8 +227,7 @@ def read_arrow(connection: adbc.Connection, table_slice: TableSlice) -> pa.Table
 
 def to_postgres_arrow(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, str]]:
     """Convert to Arrow with one canonical Arrow type per Postgres type (NaN/NA -> NULL)."""
-    if frame.columns.duplicated().any():
-        raise ValueError(f"duplicate column names: {sorted(set(frame.columns[frame.columns.duplicated()]))}")
+    _check_column_names(frame.columns)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     column_types: dict[str, str] = {}
     for index, field in enumerate(table.schema):
@@ -191,6 +236,26 @@ def to_postgres_arrow(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, str]]:
         if field.type != arrow_type:
             table = table.set_column(index, field.name, table.column(index).cast(arrow_type))
     return table.replace_schema_metadata(None), column_types
+
+
+def _check_column_names(columns: pd.Index) -> None:
+    """Names Postgres would reject or silently truncate are an error here, naming them."""
+    if columns.duplicated().any():
+        raise ValueError(f"duplicate column names: {_shown(sorted(set(map(str, columns[columns.duplicated()]))))}")
+    if len(columns) > MAX_COLUMNS:
+        raise ValueError(f"{len(columns):,} columns: a Postgres table holds at most {MAX_COLUMNS:,}")
+    bad = [name for name in columns if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_IDENTIFIER_BYTES or "\x00" in name]
+    if bad:
+        raise ValueError(
+            f"column names must be non-empty strings of at most {MAX_IDENTIFIER_BYTES} bytes without NUL "
+            f"(Postgres truncates longer ones): {_shown(bad)}"
+        )
+
+
+def _shown(values: Sequence[object], limit: int = 300) -> str:
+    """A list for an error message, cut to about `limit` characters."""
+    text = repr(list(values))
+    return text if len(text) <= limit else text[:limit] + "...]"
 
 
 def _postgres_type(field: pa.Field) -> tuple[str, pa.DataType]:
@@ -214,22 +279,79 @@ def table_metadata(
     }
 
 
-def _sync_table_definition(
+@dataclass(frozen=True)
+class TableChanges:
+    """What `sync_table_definition` did to the table before the rows are written."""
+
+    created: bool = False
+    added: tuple[str, ...] = ()
+    unwritten: tuple[str, ...] = ()  # stored columns the frame no longer has: kept, NULL in new rows
+    key_changed: bool = False
+
+    @property
+    def rewrite(self) -> bool:
+        """Replace every row instead of merging: a new table, or one whose key changed."""
+        return self.created or self.key_changed
+
+    def metadata(self) -> dict[str, object]:
+        entries = {"columns_added": list(self.added), "columns_no_longer_written": list(self.unwritten)}
+        return {name: MetadataValue.json(value) for name, value in entries.items() if value}
+
+
+def sync_table_definition(
     connection: adbc.Connection, table_slice: TableSlice, column_types: Mapping[str, str], primary_key: list[str]
-) -> bool:
-    """Rebuild the table (inside the caller's transaction) only when its shape changed; True if (re)built."""
-    if missing := [column for column in primary_key if column not in column_types]:
-        raise ValueError(f"primary key columns {missing} are not in the frame for {table_slice.schema}.{table_slice.table}")
-    current_columns, current_key = _current_definition(connection, table_slice)
-    if list(current_columns.items()) == list(column_types.items()) and current_key == primary_key:
-        return False
+) -> TableChanges:
+    """Create the table, or bring its columns and key in step with the frame without dropping it.
+
+    Runs inside the caller's transaction; the rules are in the module docstring.
+    """
     name = qualified_name(table_slice)
+    label = f"{table_slice.schema}.{table_slice.table}"
+    if missing := [column for column in primary_key if column not in column_types]:
+        raise ValueError(f"primary key columns {_shown(missing)} are not in the frame for {label}")
+    current_columns, current_key = _current_definition(connection, table_slice)
+    if not current_columns:
+        _create_table(connection, name, column_types, primary_key)
+        return TableChanges(created=True)
+    if changed := {c: (current_columns[c], t) for c, t in column_types.items() if c in current_columns and current_columns[c] != t}:
+        details = "; ".join(f"{column!r} is {old} in the table, {new} in the frame" for column, (old, new) in changed.items())
+        raise ValueError(
+            f"column types of {label} changed ({details[:300]}). The table is not rebuilt (that would drop the views "
+            "and grants on it): convert the columns by hand (ALTER TABLE ... ALTER COLUMN ... TYPE ... USING ...)"
+        )
+    added = tuple(column for column in column_types if column not in current_columns)
+    for column in added:
+        _execute(connection, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(name, sql.Identifier(column), sql.SQL(column_types[column])))
+    key_changed = current_key != primary_key
+    if key_changed:
+        _drop_primary_key(connection, table_slice, [column for column in current_key if column not in primary_key])
+    unwritten = tuple(column for column in current_columns if column not in column_types)
+    return TableChanges(added=added, unwritten=unwritten, key_changed=key_changed)
+
+
+def _create_table(connection: adbc.Connection, name: sql.Identifier, column_types: Mapping[str, str], primary_key: list[str]) -> None:
     columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]
     if primary_key:
         columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
-    _execute(connection, sql.SQL("DROP TABLE IF EXISTS {}").format(name))
     _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
-    return True
+
+
+def _drop_primary_key(connection: adbc.Connection, table_slice: TableSlice, leaving_key: list[str]) -> None:
+    """Drop the key constraint, and the NOT NULL it put on columns that leave the key."""
+    name = qualified_name(table_slice)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", (name.as_string(),))
+        constraints = [row[0] for row in cursor.fetchall()]
+    for constraint in constraints:
+        _execute(connection, sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(name, sql.Identifier(constraint)))
+    for column in leaving_key:
+        _execute(connection, sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(name, sql.Identifier(column)))
+
+
+def _add_primary_key(connection: adbc.Connection, table_slice: TableSlice, primary_key: list[str]) -> None:
+    """Built after the rows are loaded (one index build instead of row-by-row maintenance)."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
+    _execute(connection, sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(qualified_name(table_slice), columns))
 
 
 _DEFINITION_QUERY = """
