@@ -22,6 +22,10 @@ BASE_COLUMNS = {
 }
 RAW_COLUMNS = {
     **{name: f"As delivered (text). {text}" for name, text in BASE_COLUMNS.items()},
+    "extra_columns": (
+        "Every other column the source sent, as a JSON object: column name -> value as delivered (text), "
+        "only the columns this row has a value in; NULL when none. E.g. extra_columns->>'geocoded_state'."
+    ),
     "fetched_at": "When this full refresh fetched the rows (UTC).",
 }
 
