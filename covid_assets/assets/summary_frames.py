@@ -80,11 +80,12 @@ def _rounded_rate(n: object, d: object, factor: int) -> float:
 def _require_exact_sums(base: pd.DataFrame) -> None:
     """Refuse a frame whose count sums might overflow int64 (never reached by typed data under 9.2M rows)."""
     for column in COUNT_COLUMNS:
-        values = base[column].dropna()
-        largest = max(abs(int(values.min())), abs(int(values.max()))) if len(values) else 0
-        if largest * len(values) > _INT64_MAX:
+        values = base[column]
+        count = int(values.count())  # NA skipped, as by min, max and the sums
+        largest = max(abs(int(values.min())), abs(int(values.max()))) if count else 0
+        if largest * count > _INT64_MAX:
             raise ValueError(
-                f"{len(values):,} values of {column} up to {largest:,} in magnitude could sum beyond int64; "
+                f"{count:,} values of {column} up to {largest:,} in magnitude could sum beyond int64; "
                 "refusing to compute summaries that might be wrong"
             )
 
