@@ -449,6 +449,21 @@ def test_views_and_grants_survive_a_refresh_in_which_the_source_added_a_column(
         assert as_role(loaded.url, reader, f"SELECT count(*) FROM {summary}") == [(len(STATES),)]
 
 
+def test_a_raw_table_of_the_old_shape_is_upgraded_in_place(loaded: Loaded, good_rows: list[dict[str, str]]) -> None:
+    """Before extra_columns, a source column became a raw column: it is kept (NULL from now on), with its views."""
+    query(loaded.url, f"ALTER TABLE {RAW} DROP COLUMN IF EXISTS extra_columns, ADD COLUMN geocoded_state TEXT")
+    query(loaded.url, f"UPDATE {RAW} SET geocoded_state = 'old'")
+    query(loaded.url, f"CREATE VIEW public.geo AS SELECT state, geocoded_state FROM {RAW}")
+    grown = [{**row, "geocoded_state": f"POINT ({i} 1)"} for i, row in enumerate(good_rows)]
+    with FakeSocrata(grown) as fake:
+        result, _ = run(loaded.url, fake)
+    assert result.success, failure_message(result)
+    assert query(loaded.url, "SELECT count(*), count(geocoded_state) FROM public.geo") == [(4_213, 0)]
+    assert query(loaded.url, f"SELECT count(extra_columns->>'geocoded_state') FROM {RAW}") == [(4_213,)]
+    raw = asset_metadata(result, RAW)
+    assert raw["columns_added"] == ["extra_columns"] and raw["columns_no_longer_written"] == ["geocoded_state"]
+
+
 # ---------------------------------------------------------------------------------------
 # Bad values: rows that cannot be typed are named; nothing is written
 # ---------------------------------------------------------------------------------------
