@@ -9,6 +9,9 @@ Three small pieces plug into Dagster's `DbIOManager` (which maps an asset key
   with it, and bulk-loads with ADBC's `adbc_ingest` (binary COPY underneath).
 * `PostgresPandasIOManager` is the configurable resource users wire into `Definitions`.
 
+Partitioned assets (`partition_expr` metadata) write and read only their partitions' rows; the
+SQL for that, and what is refused, is in `storage/partitions.py`.
+
 Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text.
 
 A table is created on its first write and never dropped afterwards, so analysts' views, grants
@@ -44,13 +47,16 @@ from dagster import (
     ConfigurableIOManagerFactory,
     InputContext,
     MetadataValue,
+    MultiPartitionsDefinition,
     OutputContext,
     TableColumn,
     TableSchema,
 )
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
+from pydantic import Field
 
+from covid_assets.storage import partitions
 from covid_assets.storage.keyed_diff import diff_by_key
 from covid_assets.storage.warehouse import WarehouseResource
 
@@ -94,7 +100,14 @@ def select_statement(table_slice: TableSlice) -> sql.Composed:
         if table_slice.columns
         else sql.SQL("*")
     )
-    return sql.SQL("SELECT {} FROM {}").format(columns, qualified_name(table_slice))
+    return sql.SQL("SELECT {} FROM {}").format(columns, qualified_name(table_slice)) + _where(table_slice)
+
+
+def _where(table_slice: TableSlice) -> sql.Composable:
+    """The slice's partitions (nothing for an unpartitioned slice: the whole table)."""
+    if not table_slice.partition_dimensions:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + partitions.where_clause(table_slice.partition_dimensions)
 
 
 class PostgresClient(DbClient):
@@ -146,31 +159,60 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
         table, column_types = to_postgres_arrow(obj)
         definition = context.definition_metadata or {}
         primary_key = list(definition.get(PRIMARY_KEY_METADATA) or [])
+        metadata = table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {}, table_slice)
+        if obj.empty and _table_exists(connection, table_slice):
+            empty_rows(connection, table_slice)  # an empty frame empties its rows and leaves the table's columns
+            return metadata
+        if not column_types:
+            context.log.warning(f"{table_slice.schema}.{table_slice.table}: a frame without columns creates no table")
+            return metadata
         changes = sync_table_definition(connection, table_slice, column_types, primary_key)
+        if table_slice.partition_dimensions:
+            partitions.check_expressions(connection, table_slice)
+            partitions.ensure_index(connection, table_slice, primary_key)
         if primary_key and not changes.rewrite:
             merge_rows(connection, table_slice, table, primary_key)
         else:
             replace_rows(connection, table_slice, table, delete_first=not changes.created)
             if primary_key and changes.key_changed:
                 _add_primary_key(connection, table_slice, primary_key)
+        if table_slice.partition_dimensions:
+            partitions.check_rows_inside(connection, table_slice, table.num_rows)
         if changes.unwritten:
             context.log.warning(
                 f"{table_slice.schema}.{table_slice.table}: columns {list(changes.unwritten)} are no longer written "
                 "(kept, NULL in the rows written from now on); drop them by hand when nothing needs them"
             )
-        return {
-            **table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {}),
-            **changes.metadata(),
-        }
+        return {**metadata, **changes.metadata()}
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: adbc.Connection) -> pd.DataFrame:
+        if _selects_no_partition(table_slice) and not _table_exists(connection, table_slice):
+            return pd.DataFrame(columns=list(table_slice.columns or []))  # e.g. a self-dependent asset's first partition
         return read_frame(connection, table_slice)
 
 
+def _selects_no_partition(table_slice: TableSlice) -> bool:
+    return any(not dimension.partitions for dimension in table_slice.partition_dimensions or [])
+
+
+def _table_exists(connection: adbc.Connection, table_slice: TableSlice) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass($1) IS NOT NULL", (qualified_name(table_slice).as_string(),))
+        return bool(cursor.fetchone()[0])
+
+
+def empty_rows(connection: adbc.Connection, table_slice: TableSlice) -> None:
+    """Delete the slice's rows: its partitions', or the whole table's."""
+    if table_slice.partition_dimensions:
+        partitions.check_expressions(connection, table_slice)
+    _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
+
+
 def replace_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.Table, delete_first: bool) -> None:
-    """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit."""
+    """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit (and a
+    partition's write deletes only its partitions' rows)."""
     if delete_first:
-        _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)))
+        _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
     with connection.cursor() as cursor:
         cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
 
@@ -182,6 +224,7 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
     whole key index and leave a table's worth of dead rows behind. Instead the stored rows are
     read back (one Arrow fetch), compared with the new ones by key, and only vanished or
     changed rows are deleted and only new or changed rows inserted, in the same transaction.
+    A partition's write reads back, and so deletes from, only its partitions' rows.
     """
     target = qualified_name(table_slice)
     stored = read_arrow(connection, table_slice._replace(columns=table.column_names)).cast(table.schema)
@@ -266,15 +309,21 @@ def _postgres_type(field: pa.Field) -> tuple[str, pa.DataType]:
 
 
 def table_metadata(
-    frame: pd.DataFrame, column_types: Mapping[str, str], descriptions: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    column_types: Mapping[str, str],
+    descriptions: Mapping[str, str] | None = None,
+    table_slice: TableSlice | None = None,
 ) -> dict[str, object]:
+    """Row count (of the partition, for a partition's write), column schema, storage kind, preview."""
     descriptions = descriptions or {}
     schema = TableSchema(
         columns=[TableColumn(name, pg_type, description=descriptions.get(name)) for name, pg_type in column_types.items()]
     )
+    partitioned = table_slice is not None and bool(table_slice.partition_dimensions)
     return {
-        "dagster/row_count": len(frame),
+        "dagster/partition_row_count" if partitioned else "dagster/row_count": len(frame),
         "dagster/column_schema": schema,
+        "dagster/storage_kind": "postgres",
         "preview": MetadataValue.md(frame.head(PREVIEW_ROWS).to_markdown(index=False)),
     }
 
@@ -386,19 +435,40 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     `warehouse` is the run's transaction (`storage/warehouse.py`: its target comes from the environment).
     Declare a primary key with asset metadata `{"primary_key": ["col", ...]}` and column
     descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
-    with `AssetIn(metadata={"columns": [...]})`.
+    with `AssetIn(metadata={"columns": [...]})`. Partitioned assets name their partition column
+    with `{"partition_expr": "day"}` (`{"partition_expr": {"dimension": "column", ...}}` for
+    multi-partitions). The schema is the asset's `{"schema": ...}` metadata, else `schema` here,
+    else the key prefix, else `public`.
     """
 
     warehouse: WarehouseResource
+    schema_: str | None = Field(default=None, alias="schema", description="Schema of assets whose metadata names none.")
 
     def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
+        return PostgresDbIOManager(
             type_handlers=[PandasArrowTypeHandler()],
             db_client=PostgresClient(self.warehouse),
             database="",
+            schema=self.schema_,
             io_manager_name="PostgresPandasIOManager",
             default_load_type=pd.DataFrame,
         )
+
+
+class PostgresDbIOManager(DbIOManager):
+    """DbIOManager, with partition_expr metadata checked before it is used (DbIOManager would pass
+    a multi-partition dimension without an expression on as None)."""
+
+    def _get_table_slice(self, context: OutputContext | InputContext, output_context: OutputContext) -> TableSlice:
+        if context.has_asset_key and context.has_asset_partitions:
+            partitions_def = context.asset_partitions_def
+            names = (
+                [dimension.name for dimension in partitions_def.partitions_defs]
+                if isinstance(partitions_def, MultiPartitionsDefinition)
+                else None
+            )
+            partitions.validate_metadata(context.asset_key, (output_context.definition_metadata or {}).get("partition_expr"), names)
+        return super()._get_table_slice(context, output_context)
 
 
 def warehouse_resources(warehouse: WarehouseResource | None = None) -> dict[str, object]:
