@@ -13,6 +13,7 @@ with its reference in the same run:
   5. end to end: `dagster asset materialize --select '*'` (subprocess) vs the usual approach as
      one script (benchmarks/naive.py), wall time and peak RSS of the process tree
   6. a scheduled run when the source is unchanged (n/a until change detection exists)
+  7. rewriting one daily partition of the base table vs a full write
 
 Prints a table and writes it, with machine, versions and the command, into docs/BENCHMARKS.md
 (between the markers, keeping the hand-written text around them).
@@ -47,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows in the synthetic dataset (default {DEFAULT_ROWS:,})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic dataset")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 30,000 rows, 1 repetition, docs not written")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
     parser.add_argument("--gzip", action="store_true", help="serve gzip-compressed bodies (as Socrata does); default off")
     parser.add_argument(
         "--scheduled", choices=("auto", "on", "off"), default="auto",
@@ -105,6 +106,8 @@ def main(argv: list[str]) -> int:
                 rows += sections.end_to_end(bench)
             if "6" in args.only:
                 rows += unchanged.scheduled_unchanged(bench, args.scheduled)
+            if "7" in args.only:
+                rows += sections.partition_rewrite(bench)
             versions = {"covid_assets": report.code_version(ROOT), **report.versions(pg.describe())}
         finally:
             if bench is not None:
