@@ -98,7 +98,7 @@ def check_expressions(connection: adbc.Connection, table_slice: TableSlice) -> N
         if not probed.columns:
             raise PartitionError(
                 shorten(f"{where} names no column of the table, so it would select every row or none; "
-                         "name the partition column, e.g. {'partition_expr': 'day'}")
+                        "name the partition column, e.g. {'partition_expr': 'day'}")
             )
         if isinstance(dimension.partitions, TimeWindow):
             _check_time_expression(where, probed, dimension.partitions)
@@ -108,12 +108,12 @@ def _check_time_expression(where: str, probed: ProbedExpression, window: TimeWin
     if probed.type_name not in TEMPORAL_TYPES:
         raise PartitionError(
             shorten(f"{where} is of type {probed.type_name}; a time-window partition needs a date or timestamp "
-                     f"expression (cast it, e.g. CAST({probed.columns[0]} AS DATE))")
+                    f"expression (cast it, e.g. CAST({probed.columns[0]} AS DATE))")
         )
     if probed.type_name == "date" and any(_time_of_day(moment) for moment in window):
         raise PartitionError(
             shorten(f"{where} is a DATE, but the partitions start at {_bound(window.start)}: "
-                     "sub-day partitions need a timestamp column")
+                    "sub-day partitions need a timestamp column")
         )
 
 
@@ -149,15 +149,21 @@ def probe(connection: adbc.Connection, table_slice: TableSlice, partition_expr: 
                 .as_string()
             )
         except adbc.Error as error:
-            message = str(error).split("\n")[0]
             raise PartitionError(
                 shorten(f"partition_expr {partition_expr!r} is not an expression over the columns of "
-                         f"{table_slice.schema}.{table_slice.table}: {message}")
+                        f"{table_slice.schema}.{table_slice.table}: {_postgres_words(str(error))}")
             ) from error
         cursor.execute(_PROBE_QUERY, (view.as_string(), table.as_string()))
         type_name, columns = cursor.fetchone()
         cursor.execute(sql.SQL("DROP VIEW {}").format(view).as_string())
     return ProbedExpression(type_name, tuple(columns or ()))
+
+
+def _postgres_words(error_text: str) -> str:
+    """The server's ERROR and HINT lines of an ADBC error, without the query it quotes."""
+    lines = error_text.split("ERROR:", 1)[-1].splitlines()
+    hints = [line.strip() for line in lines if line.startswith("HINT:")]
+    return " ".join([lines[0].strip(), *hints]) if lines else error_text
 
 
 def ensure_index(connection: adbc.Connection, table_slice: TableSlice, primary_key: Sequence[str]) -> None:
