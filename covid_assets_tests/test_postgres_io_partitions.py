@@ -545,12 +545,24 @@ def test_the_schema_comes_from_the_io_manager_config_below_asset_metadata(wareho
     def placed() -> pd.DataFrame:
         return pd.DataFrame({"a": [7]})
 
+    @asset(key_prefix=["by_prefix"])
+    def prefixed() -> pd.DataFrame:
+        return pd.DataFrame({"a": [8]})
+
     io_manager = PostgresPandasIOManager(warehouse=WarehouseResource(), schema="custom_schema")
     for _ in range(2):
         with deployment(warehouse_url):
-            assert materialize([my_df, my_df_plus_one, placed], resources={"io_manager": io_manager}).success
+            assert materialize([my_df, my_df_plus_one, placed, prefixed], resources={"io_manager": io_manager}).success
         assert query(warehouse_url, "SELECT a FROM custom_schema.my_df_plus_one ORDER BY a") == [(2,), (3,), (4,)]
         assert query(warehouse_url, "SELECT a FROM from_metadata.placed") == [(7,)]
+        assert query(warehouse_url, "SELECT a FROM by_prefix.prefixed") == [(8,)]
+
+
+def test_run_config_cannot_move_the_table_of_an_asset_keyed_schema_table(warehouse_url: str) -> None:
+    """The UI can set run config: a `schema` there must not redirect the project's tables."""
+    run_config = {"resources": {"io_manager": {"config": {"schema": "elsewhere"}}}}
+    assert materialize_on(warehouse_url, [b_df], run_config=run_config).success
+    assert query(warehouse_url, "SELECT schemaname FROM pg_tables WHERE tablename = 'b_df'") == [("my_schema",)]
 
 
 def test_materialization_metadata(warehouse_url: str) -> None:

@@ -437,8 +437,9 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
     with `AssetIn(metadata={"columns": [...]})`. Partitioned assets name their partition column
     with `{"partition_expr": "day"}` (`{"partition_expr": {"dimension": "column", ...}}` for
-    multi-partitions). The schema is the asset's `{"schema": ...}` metadata, else `schema` here,
-    else the key prefix, else `public`.
+    multi-partitions). The schema is the asset's `{"schema": ...}` metadata, else its key prefix,
+    else `schema` here, else `public` (dagster-duckdb puts the config before the key prefix; here run
+    config cannot move a prefixed asset's table).
     """
 
     warehouse: WarehouseResource
@@ -457,7 +458,9 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
 
 class PostgresDbIOManager(DbIOManager):
     """DbIOManager, with partition_expr metadata checked before it is used (DbIOManager would pass
-    a multi-partition dimension without an expression on as None)."""
+    a multi-partition dimension without an expression on as None), and a key prefix placing its
+    asset before the `schema` config does: run config, which anyone who reaches the UI can set,
+    must not move the tables of assets keyed [schema, table]."""
 
     def _get_table_slice(self, context: OutputContext | InputContext, output_context: OutputContext) -> TableSlice:
         if context.has_asset_key and context.has_asset_partitions:
@@ -468,7 +471,11 @@ class PostgresDbIOManager(DbIOManager):
                 else None
             )
             partitions.validate_metadata(context.asset_key, (output_context.definition_metadata or {}).get("partition_expr"), names)
-        return super()._get_table_slice(context, output_context)
+        table_slice = super()._get_table_slice(context, output_context)
+        prefixed = context.has_asset_key and len(context.asset_key.path) > 1
+        if prefixed and not (output_context.definition_metadata or {}).get("schema"):
+            return table_slice._replace(schema=context.asset_key.path[-2])
+        return table_slice
 
 
 def warehouse_resources(warehouse: WarehouseResource | None = None) -> dict[str, object]:
