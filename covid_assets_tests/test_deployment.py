@@ -71,7 +71,7 @@ EXPECTED_ROWS = {
 }
 PORT_IN_USE = re.compile(r"address already in use|failed to bind|errno 98", re.IGNORECASE)
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 # --------------------------------------------------------------------------- a Postgres on TCP

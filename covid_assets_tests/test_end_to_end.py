@@ -223,6 +223,7 @@ def test_bad_source_row_fails_the_run_and_keeps_every_table(loaded_warehouse, tm
     assert {table: query(url, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES} == before
 
 
+@pytest.mark.slow
 def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) -> None:
     """The README's main command, run as `./dev run` runs it (with the offline snapshot as source)."""
     env = {

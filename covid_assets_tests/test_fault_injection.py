@@ -760,6 +760,7 @@ def killed_mid_base_write(
     drop_database(postgres_server_url, name)
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_base_write_loses_nothing(killed_mid_base_write: Died, grown_rows: list[dict[str, str]], tmp_path: Path) -> None:
     died = killed_mid_base_write
     assert f"exit code {-signal.SIGKILL};" in died.message, died.message

@@ -40,7 +40,7 @@ from covid_assets_tests.services import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).parents[1]
 JOB = "refresh_warehouse"

@@ -96,6 +96,8 @@ VIEWPORT_SETTLED_JS = """
 }
 """
 
+pytestmark = pytest.mark.slow
+
 
 def _chromium() -> str | None:
     for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
