@@ -1,32 +1,43 @@
 """The map of the pipeline. Read this first.
 
-    Socrata API ──> covid_19_raw.raw_covid_test_results      (assets/raw.py: strings as delivered)
-                      └─> covid_19.covid_test_results        (assets/base.py: typed, checked, unique)
-                            ├─> covid_19.outcome_results     (assets/summaries.py)
-                            ├─> covid_19.state_results
-                            ├─> covid_19.smoothed_results
-                            ├─> covid_19.total_results
-                            └─> covid_19.recent_positivity_results
+    Socrata dataset (observed) ─> covid_19_raw.raw_covid_test_results   (assets/source.py, assets/raw.py)
+                                    └─> covid_19.covid_test_results     (assets/base.py: typed, checked, unique)
+                                          ├─> covid_19.outcome_results  (assets/summaries.py)
+                                          ├─> covid_19.state_results
+                                          ├─> covid_19.smoothed_results
+                                          ├─> covid_19.total_results
+                                          └─> covid_19.recent_positivity_results
 
-Every table is written by the Postgres IO manager (storage/postgres_io.py); checks.py
-holds the asset checks; the daily schedule (schedules.py) refreshes everything. Steps run in one process: they are sequential
-anyway, and a subprocess per step would cost more than most steps take.
+Every table is written by the Postgres IO manager (storage/postgres_io.py) and carries a freshness
+policy (freshness.py); checks.py holds the asset checks. The daily schedule (schedules.py) refreshes
+everything, the source sensor (sensors.py) as soon as a new version is published, and the alert
+sensors (alert_sensors.py, alerts.py) tell people when a run fails, recovers or data goes stale.
+Steps run in one process: they are sequential anyway, and a subprocess per step would cost more
+than most steps take.
 """
 
 from dagster import Definitions, in_process_executor
 
+from covid_assets.alert_sensors import alert_sensors
 from covid_assets.assets.base import covid_test_results
 from covid_assets.assets.raw import raw_covid_test_results
+from covid_assets.assets.source import socrata_source
 from covid_assets.assets.summaries import SUMMARY_ASSETS
 from covid_assets.checks import base_table_checks, summary_table_checks
+from covid_assets.freshness import table_freshness_policy, with_freshness_policy
 from covid_assets.resources import build_resources
 from covid_assets.schedules import daily_refresh_schedule, refresh_warehouse_job
+from covid_assets.sensors import source_sensor
+
+refresh_job = refresh_warehouse_job()
+tables = with_freshness_policy([raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS], table_freshness_policy())
 
 defs = Definitions(
-    assets=[raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS],
+    assets=[socrata_source, *tables],
     asset_checks=[base_table_checks, summary_table_checks],
-    jobs=[refresh_warehouse_job],
-    schedules=[daily_refresh_schedule()],
+    jobs=[refresh_job],
+    schedules=[daily_refresh_schedule(refresh_job)],
+    sensors=[source_sensor(refresh_job), *alert_sensors(refresh_job)],
     resources=build_resources(),
     executor=in_process_executor,
 )

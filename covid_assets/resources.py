@@ -20,6 +20,8 @@ SOCRATA_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "page_size": ("SOCRATA_PAGE_SIZE", int),
     "max_body_bytes": ("SOCRATA_MAX_BODY_BYTES", int),
     "request_deadline_s": ("SOCRATA_REQUEST_DEADLINE_S", float),
+    "max_retries": ("SOCRATA_MAX_RETRIES", int),
+    "backoff_factor": ("SOCRATA_BACKOFF_S", float),
 }
 WAREHOUSE_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "lock_timeout_s": ("COVID_DB_LOCK_TIMEOUT_S", float),

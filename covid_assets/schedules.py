@@ -1,38 +1,61 @@
-"""The daily full refresh: every asset, in dependency order, on a cron that deployments can change."""
+"""The refresh job (every table, in dependency order, with a maximum runtime) and its daily schedule.
+
+The schedule is the backstop: the source sensor (sensors.py) starts a refresh within the hour of a
+new release, the schedule once a day whatever happens, which also confirms an unchanged source.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 from covid_assets.assets.tables import RAW_ASSET_KEY
+from covid_assets.settings import env_flag, env_float
 
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+JOB_NAME = "refresh_warehouse"
 DEFAULT_CRON = "0 6 * * *"
 DEFAULT_TIMEZONE = "UTC"
+MAX_RUNTIME_ENV = "COVID_MAX_RUNTIME_S"
+DEFAULT_MAX_RUNTIME_S = 3600.0
+# Read by Dagster's run monitoring (dagster.yaml `run_monitoring`): a run still going after this many
+# seconds is terminated and marked failed, so a hung run cannot hold the one-run queue.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
 # Scheduled runs write nothing when the source is unchanged; a manual run is a forced refresh.
 SCHEDULED_RUN_CONFIG = {"ops": {RAW_ASSET_KEY.to_python_identifier(): {"config": {"skip_if_unchanged": True}}}}
 
-refresh_warehouse_job = define_asset_job(
-    name="refresh_warehouse",
-    selection=AssetSelection.all(),
-    description="Full refresh: fetch the whole dataset, rebuild the base table and the five summaries.",
-)
+
+def refresh_warehouse_job(environ: Mapping[str, str] | None = None) -> "UnresolvedAssetJobDefinition":
+    max_runtime_s = env_float(MAX_RUNTIME_ENV, DEFAULT_MAX_RUNTIME_S, minimum=1, maximum=7 * 86_400, environ=environ)
+    return define_asset_job(
+        name=JOB_NAME,
+        selection=AssetSelection.all(),
+        tags={MAX_RUNTIME_TAG: str(int(max_runtime_s))},
+        description=(
+            "Full refresh: fetch the whole dataset, rebuild the base table and the five summaries. "
+            f"Failed by run monitoring after {max_runtime_s:g} s ({MAX_RUNTIME_ENV})."
+        ),
+    )
 
 
-def daily_refresh_schedule() -> ScheduleDefinition:
+def daily_refresh_schedule(job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
     """On by default so a new deployment refreshes without a click (`COVID_SCHEDULE_ENABLED=false` to opt out)."""
-    enabled = os.getenv("COVID_SCHEDULE_ENABLED", "true").strip().lower() not in {"0", "false", "no", "off"}
     return ScheduleDefinition(
         name="daily_refresh",
-        job=refresh_warehouse_job,
+        job=job,
         cron_schedule=os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
         execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
         run_config=SCHEDULED_RUN_CONFIG,
-        default_status=DefaultScheduleStatus.RUNNING if enabled else DefaultScheduleStatus.STOPPED,
+        default_status=DefaultScheduleStatus.RUNNING if env_flag("COVID_SCHEDULE_ENABLED") else DefaultScheduleStatus.STOPPED,
         description=(
             "Refreshes every table once a day. The rows carry no updated-at column, so a run that finds the "
             "source changed reloads it whole; when rowsUpdatedAt, count(*) and the content hash say nothing "
-            "changed, it writes nothing. A manual materialization always refreshes."
+            "changed, it writes nothing and records that each table was confirmed. A manual materialization "
+            "always refreshes."
         ),
     )

@@ -179,7 +179,21 @@ def failure_message(result) -> str:
 
 
 def materialized(result) -> set[str]:
-    return {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
+    """Tables the run wrote (not those it only confirmed as unchanged)."""
+    return {
+        event.asset_key.path[-1]
+        for event in result.get_asset_materialization_events()
+        if "source_unchanged" not in event.materialization.metadata
+    }
+
+
+def confirmed(result) -> set[str]:
+    """Tables the run confirmed as matching an unchanged source, without writing them."""
+    return {
+        event.asset_key.path[-1]
+        for event in result.get_asset_materialization_events()
+        if "source_unchanged" in event.materialization.metadata
+    }
 
 
 # ------------------------------------------------------------------------------- processes

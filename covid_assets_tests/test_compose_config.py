@@ -58,6 +58,8 @@ SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY$", re.IGNORECASE)
 INTERPOLATION = re.compile(
     r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
+# How the code names the variables it reads (string literals): the project's prefixes, and the UI link base.
+PROJECT_VARIABLE = re.compile(r"[\"']((?:COVID|SOCRATA|ALERT)_[A-Z0-9_]+|DAGSTER_UI_URL)[\"']")
 SHELL_VARIABLE = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)")
 
 
@@ -409,10 +411,18 @@ def run_entrypoint(script: str, env: tuple[tuple[str, str], ...]) -> subprocess.
     return subprocess.run(["sh", "-c", script, "sh", "echo", "started"], env={"PATH": os.environ["PATH"], **dict(env)}, capture_output=True, text=True)
 
 
+def optional_credential(value: str, dotenv: dict[str, str]) -> bool:
+    """`${NAME:-}` for a credential .env.example leaves empty: the feature it unlocks (an alert channel)
+    is off until it is set, so there is no example value to refuse and no default to fall back on."""
+    match = re.fullmatch(r"\$\{(\w+):-\}", value)
+    return match is not None and dotenv.get(match.group(1)) == ""
+
+
 def check_example_passwords(service: str, env: dict[str, str | None], entrypoint: list[str], scripts: dict[str, Path]) -> list[str]:
     """Runs the service's entrypoint script with each password at its .env.example value (the others
     real): it must refuse, naming the variable, and with real passwords run the service's command."""
-    passwords = sorted(name for name in env if name.endswith("PASSWORD"))
+    # An optional credential (empty in .env.example, its feature off until set) has no example to refuse.
+    passwords = sorted(name for name in env if name.endswith("PASSWORD") and env[name])
     script = next((scripts[part] for part in entrypoint if part in scripts and scripts[part].is_file()), None)
     if not passwords:
         return []
@@ -536,12 +546,16 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
         if checked_port is not None and checked_port != served:
             problems.append(f"service {host}'s healthcheck checks port {checked_port}, but it serves {served}")
 
-    # The code location's own variables go to the code server.
+    # The code location's own variables go to the code server, and each is in .env.example.
     code_vars: set[str] = set()
     if files.code_dir is not None:
         source = "\n".join(path.read_text() for path in files.code_dir.rglob("*.py"))
         candidates = set(dotenv) | documented | {name for names in WAREHOUSE_SETTINGS for name in names}
         code_vars = {name for name in candidates if re.search(rf"[\"']{name}[\"']", source)}
+        for name in sorted(set(PROJECT_VARIABLE.findall(source)) - set(dotenv) - documented):
+            problems.append(
+                f"the code location reads {name}, which .env.example neither sets nor documents (as `# {name}=`)"
+            )
     for service in code_servers:
         for name in sorted(code_vars & set(dotenv)):
             if name not in envs[service]:
@@ -723,7 +737,7 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
                 )
             elif SECRET_KEY.search(variable) and "$" not in value:
                 problems.append(f"service {name}: {variable} is written into docker-compose.yml; take it from .env")
-            elif variable.endswith("PASSWORD") and not re.fullmatch(r"\$\{\w+:\?[^}]*\}", value):
+            elif variable.endswith("PASSWORD") and not (re.fullmatch(r"\$\{\w+:\?[^}]*\}", value) or optional_credential(value, dotenv)):
                 problems.append(f"service {name}: {variable} is {value!r}: take it from .env, required and without a default (${{NAME:?...}})")
 
     # Example passwords: every service with a password refuses to start with .env.example's.
@@ -804,6 +818,20 @@ MISTAKES = {
     ".env.example lacks a required variable": (".env.example", "DAGSTER_PG_USER=dagster\n", "", ".env.example does not set DAGSTER_PG_USER"),
     ".env.example leaves a required variable empty": (".env.example", "DAGSTER_PG_PASSWORD=change-me", "DAGSTER_PG_PASSWORD=", "requires a non-empty DAGSTER_PG_PASSWORD"),
     ".env.example sets a variable Compose ignores": (".env.example", "WAREHOUSE_PG_DB=covid\n", "WAREHOUSE_PG_DB=covid\nCOVID_PGDATA=/data\n", "sets COVID_PGDATA, which docker-compose.yml never reads"),
+    "a variable of the code left out of .env.example": (
+        ".env.example", "COVID_RETRY_DELAY_S=300\n", "", "the code location reads COVID_RETRY_DELAY_S, which .env.example neither sets nor documents",
+    ),
+    "a required password made optional": (
+        "docker-compose.yml", "  DAGSTER_PG_PASSWORD: ${DAGSTER_PG_PASSWORD:?set DAGSTER_PG_PASSWORD in .env}\n  DAGSTER_PG_DB",
+        "  DAGSTER_PG_PASSWORD: ${DAGSTER_PG_PASSWORD:-}\n  DAGSTER_PG_DB", "DAGSTER_PG_PASSWORD is '${DAGSTER_PG_PASSWORD:-}': take it from .env, required",
+    ),
+    "the optional SMTP password given a default": (
+        "docker-compose.yml", "${ALERT_SMTP_PASSWORD:-}", "${ALERT_SMTP_PASSWORD:-hunter2}", "ALERT_SMTP_PASSWORD is '${ALERT_SMTP_PASSWORD:-hunter2}'",
+    ),
+    "code server misses an alert variable": (
+        "docker-compose.yml", "      ALERT_SMTP_HOST: ${ALERT_SMTP_HOST:-}\n", "",
+        ".env.example sets ALERT_SMTP_HOST, which the code location reads, but service code-server (the code server) does not get it",
+    ),
     "code server misses a variable of the code": (
         "docker-compose.yml", "      SOCRATA_APP_TOKEN: ${SOCRATA_APP_TOKEN:-}\n", "", ".env.example sets SOCRATA_APP_TOKEN, which the code location reads",
     ),

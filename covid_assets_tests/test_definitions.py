@@ -1,14 +1,19 @@
-"""The code location loads, and the schedule refreshes every asset daily in dependency order."""
+"""The code location loads; the schedule refreshes every table daily in dependency order, the source
+sensor on a new release; every table has a freshness policy; the alert sensors are on by default."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from collections.abc import Callable, Iterator
 
 import pytest
-from dagster import AssetKey, DefaultScheduleStatus, Definitions
+from dagster import AssetCheckKey, AssetKey, DefaultScheduleStatus, DefaultSensorStatus, Definitions
+from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
 import covid_assets.definitions
+from covid_assets.assets.tables import SOURCE_ASSET_KEY as SOURCE
+from covid_assets.assets.tables import TABLE_ASSET_KEYS
 
 SUMMARIES = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results"]
 
@@ -31,20 +36,67 @@ def test_definitions_are_loadable() -> None:
     Definitions.validate_loadable(covid_assets.definitions.defs)
 
 
-def test_lineage_is_raw_then_base_then_five_summaries() -> None:
+def test_lineage_is_source_then_raw_then_base_then_five_summaries() -> None:
     graph = covid_assets.definitions.defs.resolve_asset_graph()
     raw = AssetKey(["covid_19_raw", "raw_covid_test_results"])
     base = AssetKey(["covid_19", "covid_test_results"])
-    assert graph.get(raw).parent_keys == set()
+    assert graph.get(SOURCE).parent_keys == set()
+    assert graph.get(SOURCE).is_observable and not graph.get(SOURCE).is_materializable
+    assert graph.get(raw).parent_keys == {SOURCE}
     assert graph.get(base).parent_keys == {raw}
     assert {key for key in graph.get_all_asset_keys() if graph.get(key).parent_keys == {base}} == {
         AssetKey(["covid_19", name]) for name in SUMMARIES
     }
-    assert len(graph.get_all_asset_keys()) == 7
+    assert len(graph.get_all_asset_keys()) == 8
 
 
-def test_every_asset_has_a_description_group_owner_kinds_and_column_docs() -> None:
+def test_the_source_is_observed_with_a_staleness_warning() -> None:
+    spec = next(spec for spec in covid_assets.definitions.defs.resolve_all_asset_specs() if spec.key == SOURCE)
+    assert spec.group_name == "ingestion" and spec.owners == ["team:data-platform"] and "socrata" in spec.kinds
+    assert "rowsUpdatedAt" in spec.description
+    graph = covid_assets.definitions.defs.resolve_asset_graph()
+    assert AssetCheckKey(SOURCE, "publisher_updated_recently") in graph.asset_check_keys
+
+
+def test_every_table_has_a_freshness_policy_of_26_hours() -> None:
+    graph = covid_assets.definitions.defs.resolve_asset_graph()
+    for key in TABLE_ASSET_KEYS:
+        policy = graph.get(key).freshness_policy
+        assert isinstance(policy, TimeWindowFreshnessPolicy), key
+        assert policy.fail_window.to_timedelta() == dt.timedelta(hours=26), key
+    assert graph.get(SOURCE).freshness_policy is None  # its staleness is the publisher's, a separate warning
+
+
+def test_freshness_window_and_max_runtime_are_configurable(load_definitions) -> None:
+    defs = load_definitions(COVID_FRESHNESS_HOURS="0.5", COVID_MAX_RUNTIME_S="900")
+    policy = defs.resolve_asset_graph().get(TABLE_ASSET_KEYS[-1]).freshness_policy
+    assert policy.fail_window.to_timedelta() == dt.timedelta(minutes=30)
+    assert defs.resolve_job_def("refresh_warehouse").tags["dagster/max_runtime"] == "900"
+    with pytest.raises(ValueError, match="COVID_FRESHNESS_HOURS='never' is not a number"):
+        load_definitions(COVID_FRESHNESS_HOURS="never")
+
+
+def test_the_refresh_job_has_a_one_hour_maximum_runtime_and_no_retries_of_its_own() -> None:
+    tags = covid_assets.definitions.defs.resolve_job_def("refresh_warehouse").tags
+    assert tags["dagster/max_runtime"] == "3600"
+    assert "dagster/max_retries" not in tags  # only a transient source failure asks for a retry (assets/raw.py)
+
+
+def test_sensors_are_on_by_default_and_the_source_one_can_start_stopped(load_definitions) -> None:
+    defs = covid_assets.definitions.defs
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    assert set(sensors) == {"socrata_source_sensor", "alert_on_refresh_failure", "alert_on_refresh_success", "alert_followup"}
+    assert all(sensor.default_status == DefaultSensorStatus.RUNNING for sensor in sensors.values())
+    assert sensors["socrata_source_sensor"].minimum_interval_seconds == 3600
+    quiet = load_definitions(COVID_SOURCE_SENSOR_ENABLED="false", COVID_SOURCE_POLL_MINUTES="5")
+    source = next(sensor for sensor in quiet.sensors if sensor.name == "socrata_source_sensor")
+    assert (source.default_status, source.minimum_interval_seconds) == (DefaultSensorStatus.STOPPED, 300)
+
+
+def test_every_table_has_a_description_group_owner_kinds_and_column_docs() -> None:
     for spec in covid_assets.definitions.defs.resolve_all_asset_specs():
+        if spec.key == SOURCE:
+            continue
         assert spec.description and len(spec.description) > 80, spec.key
         assert spec.group_name in {"ingestion", "warehouse", "reporting"}, spec.key
         assert {"postgres", "pandas"} <= set(spec.kinds), spec.key
@@ -85,7 +137,7 @@ def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch, load_definitio
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def(schedule.job_name)
-    assert set(job.asset_layer.executable_asset_keys) == set(defs.resolve_asset_graph().get_all_asset_keys())
+    assert set(job.asset_layer.executable_asset_keys) == set(TABLE_ASSET_KEYS)  # every table; the source is observed
 
 
 def test_schedule_is_configurable(load_definitions) -> None:

@@ -20,9 +20,17 @@ code, an outcome) is a bad row, named as such, not a value quietly read another 
 without them.
 The JSON text is built column-wise in Arrow (about 0.05-0.1 s per 243k rows and extra column),
 never row by row.
+
+Two operational duties live here too, because only this step knows why a run stops:
+* a scheduled run that finds the source unchanged records a confirmation for every table (see
+  freshness.py), which keeps the tables fresh without rewriting them;
+* a run that fails on a transient source error (HTTP 5xx/429, a timeout, a dropped connection)
+  asks Dagster's run retries for one more attempt, which starts after `COVID_RETRY_DELAY_S`;
+  a refusal (bad rows, a shrinking source, a failed check) is never retried.
 """
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,7 +40,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import (
     AssetExecutionContext,
-    AssetObservation,
     Config,
     DagsterRunStatus,
     DataVersion,
@@ -46,13 +53,30 @@ from pydantic import Field
 from covid_assets.assets.catalog import OWNERS, column_descriptions
 from covid_assets.assets.guards import ShrinkingSourceError, StoredTable, check_not_shrinking, content_hash
 from covid_assets.assets.parsing import InvalidRowsError, type_test_results
-from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY
+from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY, SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.freshness import confirmation_materializations
+from covid_assets.settings import env_float
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, Extract, SocrataError, SocrataSource, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 EXTRA_COLUMNS = "extra_columns"
 MAX_EXTRA_COLUMNS = 1_000
 MAX_EXTRA_NAME_CHARS = 1_000
+
+SOURCE_UNCHANGED_TAG = "covid/source_unchanged"
+# Run retries (dagster.yaml `run_retries`) retry nothing by default; a run that failed on a transient
+# source error carries these tags, which Dagster reads when it records the failure, so exactly that
+# run is retried once. The retry inherits them, and with them the reason it waits first.
+RETRY_REASON_TAG = "covid/retry_reason"
+TRANSIENT_SOURCE_ERROR = "transient_source_error"
+RETRY_TAGS = {
+    "dagster/max_retries": "1",
+    "dagster/retry_on_asset_or_op_failure": "true",
+    RETRY_REASON_TAG: TRANSIENT_SOURCE_ERROR,
+}
+RETRY_NUMBER_TAG = "dagster/retry_number"  # set by Dagster on the runs its retries launch
+RETRY_DELAY_ENV = "COVID_RETRY_DELAY_S"
+DEFAULT_RETRY_DELAY_S = 300.0
 
 
 class RawFetchConfig(Config):
@@ -77,9 +101,19 @@ class LastLoad:
     content_hash: str | None
     base_rows: int | None
 
+    def evidence(self) -> dict[str, object]:
+        """The materialization metadata that `read_last_load` reads back."""
+        return {
+            "content_hash": self.content_hash,
+            "rows_updated_at": self.signature.rows_updated_at or None,
+            "source_row_count": self.signature.row_count,
+            "base_rows": self.base_rows,
+        }
+
 
 @asset(
     key=RAW_ASSET_KEY,
+    deps=[SOURCE_ASSET_KEY],
     output_required=False,
     metadata={"column_descriptions": column_descriptions(RAW_ASSET_KEY.path[-1])},
     owners=OWNERS,
@@ -95,19 +129,24 @@ class LastLoad:
 def raw_covid_test_results(
     context: AssetExecutionContext, config: RawFetchConfig, socrata: SocrataSource, warehouse: WarehouseResource
 ) -> Iterator[Output[pd.DataFrame]]:
+    wait_if_retrying(context)
     last_load = read_last_load(context) if config.skip_if_unchanged else None
-    still_stored = last_load is not None and warehouse.row_count(*BASE_ASSET_KEY.path) == last_load.base_rows
+    still_stored = last_load is not None and holds_last_load(warehouse, last_load)
 
     signature = read_signature(context, socrata)
     if still_stored and signature is not None and signature.rows_updated_at is not None and signature == last_load.signature:
-        report_unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
+        confirm_unchanged(context, last_load, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
         return
 
     extract = extract_or_explain(context, socrata, signature.row_count if signature else None)
     base_rows = gate(extract, read_stored_base(warehouse), config)  # the values as delivered, NUL bytes and all
-    fingerprint = content_hash(extract.frame)  # of the delivery itself, so an upgrade does not look like a change
-    if still_stored and fingerprint == last_load.content_hash:
-        report_unchanged(context, f"content hash {fingerprint}")
+    load = LastLoad(
+        signature=SourceSignature(rows_updated_at=signature.rows_updated_at if signature else None, row_count=len(extract.frame)),
+        content_hash=content_hash(extract.frame),  # of the delivery itself, so an upgrade does not look like a change
+        base_rows=base_rows,
+    )
+    if still_stored and load.content_hash == last_load.content_hash:
+        confirm_unchanged(context, load, f"content hash {load.content_hash}")  # today's rowsUpdatedAt from now on
         return
 
     landing = landing_frame(extract.frame)
@@ -115,15 +154,8 @@ def raw_covid_test_results(
         context.log.warning(warning)
     yield Output(
         landing.frame.assign(fetched_at=pd.Timestamp.now(tz="UTC")),
-        data_version=DataVersion(fingerprint),
-        metadata={
-            **fetch_metadata(extract),
-            **landing.metadata(),
-            "content_hash": fingerprint,
-            "rows_updated_at": signature.rows_updated_at if signature and signature.rows_updated_at else None,
-            "source_row_count": len(extract.frame),
-            "base_rows": base_rows,
-        },
+        data_version=DataVersion(load.content_hash),
+        metadata={**fetch_metadata(extract), **landing.metadata(), **load.evidence()},
     )
 
 
@@ -137,7 +169,29 @@ def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource, k
             if error.status is None and error.transient
             else ""
         )
-        raise Failure(description=f"{error}{hint}") from error
+        if error.transient:
+            ask_for_one_retry(context)
+        raise Failure(description=f"{error}{hint}", metadata={"transient": error.transient}) from error
+
+
+def ask_for_one_retry(context: AssetExecutionContext) -> None:
+    """Tag this run so that Dagster's run retries re-execute it once (and a retry, not again)."""
+    if context.run.tags.get(RETRY_NUMBER_TAG) is None:
+        context.instance.add_run_tags(context.run_id, RETRY_TAGS)
+        context.log.warning("The source failed with a transient error: Dagster will retry this run once.")
+
+
+def wait_if_retrying(context: AssetExecutionContext) -> None:
+    """A retry of a transient source failure waits before asking the source again (the delay run retries lack)."""
+    tags = context.run.tags
+    if tags.get(RETRY_NUMBER_TAG) is None or tags.get(RETRY_REASON_TAG) != TRANSIENT_SOURCE_ERROR:
+        return
+    delay_s = env_float(RETRY_DELAY_ENV, DEFAULT_RETRY_DELAY_S, maximum=3600)
+    context.log.info(
+        f"Automatic retry of run {context.run.parent_run_id}, which failed on a transient source error: "
+        f"waiting {delay_s:g} s ({RETRY_DELAY_ENV}) before asking the source again."
+    )
+    time.sleep(delay_s)
 
 
 def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -> int:
@@ -149,6 +203,13 @@ def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -
     except (InvalidRowsError, ShrinkingSourceError) as error:
         raise Failure(description=f"{extract.source}: {error}") from error
     return len(typed.frame)
+
+
+def holds_last_load(warehouse: WarehouseResource, last_load: LastLoad) -> bool:
+    """The base table still has the rows of the last load, and no table of it has been dropped."""
+    if warehouse.row_count(*BASE_ASSET_KEY.path) != last_load.base_rows:
+        return False
+    return all(warehouse.table_exists(*key.path) for key in TABLE_ASSET_KEYS if key != BASE_ASSET_KEY)
 
 
 def read_stored_base(warehouse: WarehouseResource) -> StoredTable | None:
@@ -188,11 +249,16 @@ def read_last_load(context: AssetExecutionContext) -> LastLoad | None:
     )
 
 
-def report_unchanged(context: AssetExecutionContext, evidence: str) -> None:
-    message = f"Source unchanged since the last load ({evidence}): no table rewritten, downstream assets skipped."
+def confirm_unchanged(context: AssetExecutionContext, load: LastLoad, evidence: str) -> None:
+    """Write nothing, skip downstream, and record for every table that it still matches the source."""
+    message = (
+        f"Source unchanged since the last load ({evidence}): no table rewritten, downstream assets skipped; "
+        "every table is confirmed current."
+    )
     context.log.info(message)
-    context.log_event(AssetObservation(asset_key=RAW_ASSET_KEY, metadata={"source_unchanged": MetadataValue.text(message)}))
-    context.instance.add_run_tags(context.run_id, {"covid/source_unchanged": "true"})
+    for event in confirmation_materializations(context.instance, context.run_id, message, load.evidence()):
+        context.log_event(event)
+    context.instance.add_run_tags(context.run_id, {SOURCE_UNCHANGED_TAG: "true"})
 
 
 def fetch_metadata(extract: Extract) -> dict[str, object]:

@@ -1215,12 +1215,20 @@ class SocrataSource(dg.ConfigurableResource):
         )
         return SocrataClient(**{**settings, **overrides})
 
-    def signature(self) -> SourceSignature | None:
-        """What the API says about the data now (None for a local file: its content is the evidence)."""
+    def signature(self, deadline_s: float | None = None) -> SourceSignature | None:
+        """What the API says about the data now (None for a local file: its content is the evidence).
+
+        `deadline_s` bounds each attempt of the two requests (its connect, then its exchange): a
+        sensor has to answer within a minute.
+        """
         if self.target.source_file:
             return None
         # Cheap evidence only: on trouble, fail fast and let the full fetch (with all its retries) decide.
-        return self.client(max_retries=min(self.max_retries, 1)).signature()
+        overrides: dict[str, Any] = {"max_retries": min(self.max_retries, 1)}
+        if deadline_s is not None:
+            overrides["request_deadline_s"] = min(self.request_deadline_s, deadline_s)
+            overrides["connect_timeout_s"] = min(self.connect_timeout_s, deadline_s / 2)
+        return self.client(**overrides).signature()
 
     def extract(self, progress: ProgressFn | None = None, known_count: int | None = None) -> Extract:
         """The full raw table; progress is reported for API fetches only (see `fetch_all` for `known_count`)."""

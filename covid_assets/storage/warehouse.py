@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
-from dagster import ConfigurableResource, DagsterEventType, InitResourceContext
+from dagster import ConfigurableResource, DagsterEventType, DagsterRunStatus, InitResourceContext
 from psycopg import sql
 from pydantic import Field, PrivateAttr
 
@@ -324,10 +324,18 @@ def _lock_holders(url: str) -> str:
     return f"sessions holding locks: {holders}"
 
 
+# A run in one of these was failed or cancelled from outside (run monitoring's maximum runtime, the
+# UI): whatever it wrote must not be committed, even if its process goes on for a while.
+STOPPED_FROM_OUTSIDE = frozenset({DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE})
+
+
 def run_has_failed(context: InitResourceContext) -> bool:
-    """True when a step of this run failed or a blocking check did not pass."""
+    """True when a step of this run failed, a blocking check did not pass, or the run was stopped."""
     if context.instance is None or context.dagster_run is None:
         return False
+    current = context.instance.get_run_by_id(context.dagster_run.run_id)
+    if current is not None and current.status in STOPPED_FROM_OUTSIDE:
+        return True
     records = context.instance.get_records_for_run(
         context.dagster_run.run_id,
         of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION},
