@@ -277,7 +277,9 @@ class FollowupState:
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> FollowupState:
-        return cls(**json.loads(cursor)) if cursor else cls()
+        """The stored state; fields it does not know (an older or newer version's) are dropped."""
+        stored = json.loads(cursor) if cursor else {}
+        return cls(**{name: value for name, value in stored.items() if name in cls.__dataclass_fields__})
 
     def to_cursor(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

@@ -28,7 +28,6 @@ conftest prints in the CI log.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import secrets

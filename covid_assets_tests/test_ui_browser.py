@@ -40,7 +40,13 @@ ASSETS = {
     "recent_positivity_results": ("covid_19/recent_positivity_results", "reporting"),
 }
 SUMMARIES = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results"]
-EDGES = {("raw_covid_test_results", "covid_test_results")} | {("covid_test_results", name) for name in SUMMARIES}
+# The published dataset: an observable source asset upstream of the raw table (observed, never materialized).
+SOURCE = "covid_pcr_testing_time_series"
+NODES = {**ASSETS, SOURCE: ("socrata/covid_pcr_testing_time_series", "ingestion")}
+EDGES = (
+    {(SOURCE, "raw_covid_test_results"), ("raw_covid_test_results", "covid_test_results")}
+    | {("covid_test_results", name) for name in SUMMARIES}
+)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -239,17 +245,17 @@ def test_asset_graph_materialize_all_and_a_summary_page(
     def zoom_to_fit() -> None:
         # The graph's own "double-click the background to fit" gesture, sent to the viewport
         # element itself (a mouse double-click could land on a node). Only the nodes on screen
-        # are rendered, so retried until all seven are: the first double-click can come before
+        # are rendered, so retried until all eight are: the first double-click can come before
         # the graph has taken its expanded layout.
         deadline = time.monotonic() + 20
         while True:
             page.evaluate("window.__lastGraphTransform = null")
             graph.dispatch_event("dblclick")
             page.wait_for_function(VIEWPORT_SETTLED_JS, polling=250, timeout=10_000)
-            if node_boxes.count() == len(ASSETS) or time.monotonic() > deadline:
+            if node_boxes.count() == len(NODES) or time.monotonic() > deadline:
                 break
-        expect(node_boxes).to_have_count(len(ASSETS))
-        for name in ASSETS:
+        expect(node_boxes).to_have_count(len(NODES))
+        for name in NODES:
             expect(node(name).locator("[class*='assetNodeBox']")).to_be_in_viewport(ratio=1)  # all of it on screen
 
     def picture(path: Path) -> None:
@@ -257,7 +263,7 @@ def test_asset_graph_materialize_all_and_a_summary_page(
         page.mouse.move(box["x"] + 10, box["y"] + box["height"] - 10)  # on the background: no hover highlight
         page.screenshot(path=path)
 
-    # 1. The asset graph: seven nodes in their three groups, and the six edges between them.
+    # 1. The asset graph: eight nodes (the observed source and the seven tables) in their three groups, and the seven edges.
     open_graph(first_visit=True)
     page.get_by_role("button", name="Hide navigation").click()
     # Groups start collapsed: open them all, and lay the graph out top-down (the five summaries side by side).
@@ -270,7 +276,7 @@ def test_asset_graph_materialize_all_and_a_summary_page(
         expect(node(name)).to_contain_text("Never materialized")
     drawn = svg.evaluate(READ_GRAPH_JS)
     assert {drawn_node["name"]: drawn_node["group"] for drawn_node in drawn["nodes"]} == {
-        name: [group] for name, (_, group) in ASSETS.items()
+        name: [group] for name, (_, group) in NODES.items()
     }
     # A set: an edge under the mouse is drawn a second time, highlighted.
     assert set(map(tuple, drawn["edges"])) == EDGES, drawn["edges"]
