@@ -56,7 +56,7 @@ from covid_assets_tests.fake_socrata import Fault, FakeSocrata
 from covid_assets_tests.helpers import SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database, table_fingerprints
 from covid_assets_tests.services import LAUNCH_MUTATION, LOCATION, TERMINAL, Processes, Webserver, loaded_repository, run_record, wait_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
