@@ -32,6 +32,8 @@ from psycopg import sql
 
 BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 TEMPORAL_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
+# The IO manager's type names as Postgres' format_type spells them.
+_FORMATTED_TYPES = {"DATE": "date", "TIMESTAMP": "timestamp without time zone", "TIMESTAMPTZ": "timestamp with time zone"}
 MESSAGE_LIMIT = 300
 
 
@@ -90,10 +92,19 @@ class ProbedExpression:
     columns: tuple[str, ...]
 
 
-def check_expressions(connection: adbc.Connection, table_slice: TableSlice) -> None:
-    """Refuse expressions that would select the wrong rows, asking Postgres itself (its parser)."""
+def check_expressions(
+    connection: adbc.Connection, table_slice: TableSlice, written_columns: Mapping[str, str] | None = None
+) -> None:
+    """Refuse expressions that would select the wrong rows. A bare name of a column being written
+    (`written_columns`: name -> the IO manager's Postgres type) is known; anything else is asked of
+    Postgres itself (its parser), which costs a temporary view."""
     for dimension in table_slice.partition_dimensions or []:
-        probed = probe(connection, table_slice, dimension.partition_expr)
+        known = (written_columns or {}).get(dimension.partition_expr) if BARE_NAME.fullmatch(dimension.partition_expr) else None
+        probed = (
+            ProbedExpression(_FORMATTED_TYPES.get(known, known.lower()), (dimension.partition_expr,))
+            if known
+            else probe(connection, table_slice, dimension.partition_expr)
+        )
         where = f"partition_expr {dimension.partition_expr!r} of {table_slice.schema}.{table_slice.table}"
         if not probed.columns:
             raise PartitionError(

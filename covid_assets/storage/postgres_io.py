@@ -36,6 +36,7 @@ at most 1,600 columns), since Postgres would silently truncate a longer one.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ from covid_assets.storage.warehouse import WarehouseResource
 PRIMARY_KEY_METADATA = "primary_key"
 COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
 PREVIEW_ROWS = 10
+# Up to this many keys are deleted in one statement (literals); more are staged in a temporary table.
+LITERAL_DELETE_LIMIT = 500
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 MAX_COLUMNS = 1_600
 
@@ -168,7 +171,7 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
             return metadata
         changes = sync_table_definition(connection, table_slice, column_types, primary_key)
         if table_slice.partition_dimensions:
-            partitions.check_expressions(connection, table_slice)
+            partitions.check_expressions(connection, table_slice, column_types)
             partitions.ensure_index(connection, table_slice, primary_key)
         if primary_key and not changes.rewrite:
             merge_rows(connection, table_slice, table, primary_key)
@@ -232,19 +235,43 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
     if inserts.schema != table.schema:
         inserts = inserts.cast(table.schema)  # the extension types back, for ADBC
     if deletes.num_rows:
-        stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
-        stage = sql.Identifier(stage_name)
-        columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
-        _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
-        with connection.cursor() as cursor:
-            cursor.adbc_ingest(stage_name, deletes, mode="append", temporary=True)
-        _execute(connection, sql.SQL("ANALYZE {}").format(stage))  # else the planner guesses a hash join over the whole table
-        matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
-        _execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
-        _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
+        delete_keys(connection, target, deletes, primary_key)
     if inserts.num_rows:
         with connection.cursor() as cursor:
             cursor.adbc_ingest(table_slice.table, inserts, mode="append", db_schema_name=table_slice.schema)
+
+
+def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Table, primary_key: list[str]) -> None:
+    """Delete the rows with these keys, by the key index.
+
+    A few keys (a partition's revisions) go in one statement as literals; many (a daily refresh
+    of a whole table) are staged in a temporary table that is ANALYZEd, else the planner would
+    guess a hash join over the whole table.
+    """
+    if keys.num_rows <= LITERAL_DELETE_LIMIT:
+        record = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(_postgres_type(keys.schema.field(column))[0]))
+            for column in primary_key
+        )
+        matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
+        document = json.dumps(keys.select(primary_key).to_pylist(), default=str)  # one quoted literal, whatever the keys hold
+        _execute(
+            connection,
+            sql.SQL("DELETE FROM {} t USING jsonb_to_recordset({}::jsonb) AS s({}) WHERE {}").format(
+                target, sql.Literal(document), record, matches
+            ),
+        )
+        return
+    stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
+    stage = sql.Identifier(stage_name)
+    columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
+    _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
+    with connection.cursor() as cursor:
+        cursor.adbc_ingest(stage_name, keys, mode="append", temporary=True)
+    _execute(connection, sql.SQL("ANALYZE {}").format(stage))
+    matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
+    _execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
+    _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
 
 
 def _plain(table: pa.Table) -> pa.Table:
