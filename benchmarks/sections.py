@@ -35,7 +35,7 @@ from covid_assets.assets.summary_frames import (
     build_state_results,
     build_total_results,
 )
-from covid_assets.sources.socrata import SocrataClient
+from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTarget
 from covid_assets.storage.postgres_io import PandasArrowTypeHandler, PostgresClient, to_postgres_arrow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def extraction(b: Bench) -> list[Row]:
     info: dict[str, object] = {}
 
     def project():
-        return SocrataClient(base_url=b.server.base_url).fetch_all()  # the project's defaults
+        return SocrataClient(SocrataTarget(base_url=b.server.base_url), SocrataSource()).fetch_all()  # the project's defaults
 
     def check_project(extract) -> None:
         got = _row_hashes(extract.frame)

@@ -1,4 +1,4 @@
-"""The Socrata look-alike of the test suite (`covid_assets_tests/fake_socrata.py`), in its own process.
+"""The Socrata stand-in of the test suite (`covid_assets_tests.support.FakeSocrata`), in its own process.
 
 Serving from a separate process keeps the server's Python work (and its GIL) out of the
 measurements of in-process clients, as a real server would be. The benchmark drives it
@@ -8,13 +8,12 @@ sizes), and "publish" a change to the dataset (for the unchanged-source measurem
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
+import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
-from covid_assets_tests.fake_socrata import FakeSocrata, _Handler, _target
+from covid_assets_tests.support import FakeSocrata, RecordedRequest
 
 
 @dataclass(frozen=True)
@@ -32,37 +31,35 @@ class Served:
         return self.bytes <= 65_536 and (self.target != "page" or int(self.params.get("$limit", "1000")) <= 10)
 
 
-class _MeasuringHandler(_Handler):
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        super()._send(status, body, headers)
-        fake: _MeasuringFake = self.fake  # type: ignore[assignment]
-        path, _, query = self.path.partition("?")
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        with fake._lock:
-            fake.served.append(Served(_target(fake.dataset_id, path, params), params, status, len(body)))
+class _Log:
+    """Each answered request, with its size (the stand-in's `on_response` hook)."""
 
-
-class _MeasuringFake(FakeSocrata):
-    """FakeSocrata whose handler also records each response's size."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.served: list[Served] = []
 
-    def handler_base(self) -> type:
-        return _MeasuringHandler
+    def __call__(self, request: RecordedRequest, status: int, size: int) -> None:
+        with self.lock:
+            self.served.append(Served(request.target, request.params, status, size))
+
+    def take(self) -> list[Served]:
+        with self.lock:
+            served, self.served = self.served, []
+        return served
 
 
 def _serve(conn: Any, rows: int, seed: int, latency_s: float, compress: bool) -> None:
     from benchmarks.dataset import generate, iter_rows
 
     frame = generate(rows, seed)
-    fake = _MeasuringFake(iter_rows(frame), latency_s=latency_s, compress=compress)
+    fake = FakeSocrata(iter_rows(frame), latency_s=latency_s, compress=compress)
     del frame
+    served = _Log()
+    fake.on_response = served
     fake.start()
     conn.send(("ready", fake.base_url))
     bumps = 0
-    original_last: bytes | None = None
+    original_last: dict[str, Any] | None = None
     while True:
         try:
             command, argument = conn.recv()
@@ -71,33 +68,27 @@ def _serve(conn: Any, rows: int, seed: int, latency_s: float, compress: bool) ->
         if command == "stop":
             break
         if command == "served":
-            with fake._lock:
-                served, fake.served = fake.served, []
-            conn.send(served)
+            conn.send(served.take())
         elif command == "bump":
             # A new version of the source: the metadata's rowsUpdatedAt moves on and the last
             # row's counts are revised (same row count, as when a state corrects a day).
             bumps += 1
-            with fake._lock:
-                encoded = list(fake._encoded)
-                if original_last is None:
-                    original_last = encoded[-1]
-                encoded[-1] = original_last if bumps % 2 == 0 else _revised(original_last)
-                fake._encoded = encoded
-                fake.rows_updated_at += 3600
+            if original_last is None:
+                original_last = fake.row(-1)
+            fake.set_row(-1, original_last if bumps % 2 == 0 else _revised(original_last))
+            fake.rows_updated_at += 3600
             conn.send(fake.rows_updated_at)
         else:
             conn.send(ValueError(f"unknown command {command!r}"))
     fake.stop()
 
 
-def _revised(encoded_row: bytes) -> bytes:
+def _revised(row: dict[str, Any]) -> dict[str, Any]:
     """The row with one more result that day (daily and cumulative count both +1)."""
-    row = json.loads(encoded_row)
-    for field in ("new_results_reported", "total_results_reported"):
-        if field in row:
-            row[field] = str(int(row[field]) + 1)
-    return json.dumps(row, separators=(",", ":")).encode()
+    return {
+        name: str(int(value) + 1) if name in ("new_results_reported", "total_results_reported") else value
+        for name, value in row.items()
+    }
 
 
 class ServerProcess:

@@ -14,7 +14,7 @@ from covid_assets.definitions import defs
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
-from covid_assets_tests.fake_socrata import FakeSocrata
+from covid_assets_tests.support import FakeSocrata
 from covid_assets_tests.helpers import (
     SNAPSHOT,
     deployment,

@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetKey
 
 from covid_assets.sources.socrata import SocrataSource
-from covid_assets_tests.fake_socrata import FakeSocrata, Fault
+from covid_assets_tests.support import FakeSocrata, Fault
 from covid_assets_tests.helpers import SNAPSHOT, SNAPSHOT_ROWS, TABLES, fresh_database, from_api, from_file, materialize_all, query
 
 
@@ -244,16 +244,20 @@ def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) ->
     assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
 
 
-def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str) -> None:
-    """The same snapshot served by a Socrata look-alike: 6 concurrent pages, a 429 and a 503 on the way."""
+@pytest.mark.parametrize("protocol", ["soda2", "soda3"])
+def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str, protocol: str) -> None:
+    """The same snapshot served by a Socrata look-alike: 6 concurrent pages, a 429 and a 503 on the way.
+    With an app token the run speaks SODA3 (POSTed queries), without one SODA2."""
     import pandas as pd
 
     snapshot = pd.read_csv(SNAPSHOT, dtype=str, keep_default_na=False)
+    token = "an-app-token" if protocol == "soda3" else None
     with FakeSocrata(snapshot.to_dict("records"), max_limit=50_000) as server:
         server.faults.append(Fault.error(429, retry_after="0", where="page", offset=10_000))
         server.faults.append(Fault.error(503, where="page", offset=40_000))
         knobs = SocrataSource(page_size=10_000, backoff_factor=0.01)
-        result = materialize_all(warehouse_url, from_api(server.base_url), knobs)
+        result = materialize_all(warehouse_url, from_api(server.base_url, app_token=token), knobs)
+    assert {r.protocol for r in server.requests if r.target in ("count", "page")} == {protocol}
     raw = next(
         event.materialization.metadata
         for event in result.get_asset_materialization_events()

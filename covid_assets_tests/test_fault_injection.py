@@ -34,7 +34,7 @@ from psycopg import sql
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, SocrataSource
 from covid_assets.storage.embedded import stop_embedded_postgres
 from covid_assets.storage.warehouse import WarehouseResource
-from covid_assets_tests.fake_socrata import FakeSocrata, Fault
+from covid_assets_tests.support import FakeSocrata, Fault
 from covid_assets_tests.helpers import (
     SNAPSHOT,
     TABLES,
@@ -347,7 +347,8 @@ def test_a_redirect_to_another_origin_fails_the_run_and_never_carries_the_token(
     assert not result.success
     message = failure_message(result)
     assert re.search(
-        rf"\$offset=1000 answered HTTP 302 with a redirect to {re.escape(elsewhere.base_url)}/\S+, outside "
+        # With a token the client speaks SODA3: the page is named by its number and size.
+        rf"query.json \[pageNumber=2, pageSize=1000\] answered HTTP 302 with a redirect to {re.escape(elsewhere.base_url)}/\S+, outside "
         rf"{re.escape(fake.base_url)}: not followed",
         message,
     ), message

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from covid_assets.assets.tables import RAW_ASSET_KEY
-from covid_assets_tests.fake_socrata import FakeSocrata
+from covid_assets_tests.support import FakeSocrata
 from covid_assets_tests.helpers import SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database
 from covid_assets_tests.services import (
     IMMEDIATE_RUNS_INSTANCE,

@@ -52,7 +52,7 @@ from dagster import DagsterInstance
 from covid_assets.assets.tables import SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
 from covid_assets.freshness import SOURCE_STALENESS_CHECK
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
-from covid_assets_tests.fake_socrata import Fault, FakeSocrata
+from covid_assets_tests.support import Fault, FakeSocrata
 from covid_assets_tests.helpers import SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database, table_fingerprints
 from covid_assets_tests.services import LAUNCH_MUTATION, LOCATION, TERMINAL, Processes, Webserver, loaded_repository, run_record, wait_for
 

@@ -1,4 +1,4 @@
-"""Tests for the Socrata client and export reader, against a real local HTTP server."""
+"""Tests for the Socrata client (SODA2 and SODA3) and export reader, against a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from covid_assets.sources import socrata
 from covid_assets.sources.socrata import (
+    MAX_REDIRECTS,
     REQUIRED_COLUMNS,
     Extract,
     SocrataClient,
@@ -29,8 +30,9 @@ from covid_assets.sources.socrata import (
     SocrataTarget,
     read_export_file,
 )
-from covid_assets_tests.fake_socrata import FakeSocrata, Fault
+from covid_assets.sources.socrata import paging
 from covid_assets_tests.helpers import SNAPSHOT, environment, from_api, from_file
+from covid_assets_tests.support import FakeSocrata, Fault, RecordedRequest
 
 # "thread" so that a hang inside a worker thread still ends the run.
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -40,6 +42,7 @@ SAMPLE_JSON = ROOT / "covid_assets_tests" / "fixtures" / "soda_sample_j8mb-icvb_
 SNAPSHOT_CSV = SNAPSHOT
 TOKEN = "s3cr3t-App-T0ken-xyz"
 STATES = [("AL", "Alabama", "01", "Region 4"), ("AK", "Alaska", "02", "Region 10"), ("CA", "California", "06", "Region 9")]
+PROTOCOLS = ["soda2", "soda3"]
 
 
 def make_rows(n: int) -> list[dict[str, Any]]:
@@ -62,10 +65,15 @@ def make_rows(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def make_client(server: FakeSocrata, **kw: Any) -> SocrataClient:
-    """A client with tiny timeouts and backoff so failure tests stay fast."""
+def make_client(server: FakeSocrata, protocol: str = "soda2", **kw: Any) -> SocrataClient:
+    """A client with tiny timeouts and backoff so failure tests stay fast.
+
+    SODA3 is spoken with a token (the stand-in serves it); without one the client speaks SODA2.
+    `dataset_id` and `app_token` go to the target, everything else to the settings.
+    """
+    token = kw.pop("app_token", TOKEN if protocol == "soda3" else None)
+    target = SocrataTarget(base_url=server.base_url, dataset_id=kw.pop("dataset_id", "j8mb-icvb"), app_token=token)
     options: dict[str, Any] = dict(
-        base_url=server.base_url,
         page_size=100,
         max_workers=4,
         connect_timeout_s=1.0,
@@ -75,7 +83,32 @@ def make_client(server: FakeSocrata, **kw: Any) -> SocrataClient:
         backoff_max_s=0.05,
     )
     options.update(kw)
-    return SocrataClient(**options)
+    return SocrataClient(target, SocrataSource(**options))
+
+
+def at(protocol: str, offset: int, size: int = 100) -> str:
+    """How an error names the page starting at `offset` (of `size` rows) in `protocol`."""
+    return f"$offset={offset}" if protocol == "soda2" else f"[pageNumber={offset // size + 1}, pageSize={size}]"
+
+
+def count_query(protocol: str) -> str:
+    """How an error names the count query in `protocol`."""
+    return "$select=count(*)" if protocol == "soda2" else "[SELECT count(*)]"
+
+
+def endpoint(server: FakeSocrata, protocol: str, dataset_id: str = "j8mb-icvb") -> str:
+    if protocol == "soda2":
+        return f"{server.base_url}/resource/{dataset_id}.json"
+    return f"{server.base_url}/api/v3/views/{dataset_id}/query.json"
+
+
+def offsets(server: FakeSocrata) -> list[int]:
+    """The first row of every page request, in arrival order (either protocol)."""
+    return [request.offset for request in server.page_requests()]
+
+
+def asked_at(server: FakeSocrata, offset: int) -> list[RecordedRequest]:
+    return [request for request in server.page_requests() if request.offset == offset]
 
 
 def records(extract: Extract) -> list[dict[str, Any]]:
@@ -86,6 +119,12 @@ def records(extract: Extract) -> list[dict[str, Any]]:
 def assert_all_string(frame: pd.DataFrame) -> None:
     for name, dtype in frame.dtypes.items():
         assert isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA, (name, dtype)
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The protocol a parametrized test runs over: the client speaks it, the stand-in serves both."""
+    return request.param
 
 
 @pytest.fixture
@@ -108,9 +147,9 @@ def sample_rows() -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 # Paging
 # ---------------------------------------------------------------------------------------
-def test_full_fetch_pages_concurrently_in_order(rows: list[dict[str, Any]]) -> None:
+def test_full_fetch_pages_concurrently_in_order(rows: list[dict[str, Any]], protocol: str) -> None:
     with FakeSocrata(rows, latency_s=0.05) as server:
-        extract = make_client(server, page_size=100, max_workers=4).fetch_all()
+        extract = make_client(server, protocol, page_size=100, max_workers=4).fetch_all()
 
     assert records(extract) == rows  # every row exactly once, in :id order
     assert list(extract.frame.columns) == list(REQUIRED_COLUMNS)
@@ -118,38 +157,57 @@ def test_full_fetch_pages_concurrently_in_order(rows: list[dict[str, Any]]) -> N
     assert_all_string(extract.frame)
 
     first, *pages = server.requests
-    assert first.params == {"$select": "count(*)"}
-    assert all(p.params["$order"] == ":id" for p in pages)
-    assert sorted(int(p.params["$offset"]) for p in pages) == [0, 100, 200, 300, 400]
-    assert {p.params["$limit"] for p in pages} == {"100"}
+    assert first.target == "count" and first.protocol == protocol and all(p.protocol == protocol for p in pages)
+    if protocol == "soda2":
+        assert first.params == {"$select": "count(*)"}
+        assert all(p.params["$order"] == ":id" for p in pages)
+    else:
+        assert first.method == "POST" and first.body == {"query": "SELECT count(*)", "includeSynthetic": False}
+        assert all(p.method == "POST" and p.params == {} for p in pages)
+        assert all(p.body["query"] == "SELECT * ORDER BY :id" and p.body["includeSynthetic"] is False for p in pages)
+        assert sorted(p.body["page"]["pageNumber"] for p in pages) == [1, 2, 3, 4, 5]
+    assert sorted(offsets(server)) == [0, 100, 200, 300, 400]
+    assert {p.limit for p in pages} == {100}
     assert server.max_inflight >= 2, "pages were not fetched concurrently"
     assert extract.stats.rows == 450
     assert extract.stats.pages == 5
     assert extract.stats.requests == 6
     assert extract.stats.retries == 0
     assert extract.stats.bytes > 0
-    assert extract.source == f"{server.base_url}/resource/j8mb-icvb.json"
+    assert extract.source == endpoint(server, protocol)
 
 
 def test_server_caps_limit_below_page_size(rows: list[dict[str, Any]]) -> None:
-    # Server returns at most 70 rows whatever $limit says: the client must not
+    # A SODA2 2.0 endpoint returns at most 70 rows whatever $limit says: the client must not
     # mistake a capped page for the end, nor leave gaps between its chunks.
     with FakeSocrata(rows, max_limit=70) as server:
         extract = make_client(server, page_size=200).fetch_all()
     assert records(extract) == rows
-    offsets = sorted(int(p.params["$offset"]) for p in server.page_requests())
-    assert offsets == [0, 70, 140, 200, 270, 340, 400]
+    assert sorted(offsets(server)) == [0, 70, 140, 200, 270, 340, 400]
 
 
-def test_count_exact_multiple_checks_for_more(rows: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("known_count", [False, True], ids=["counted", "count-unusable"])
+def test_soda3_pages_smaller_than_asked_are_refused_not_misplaced(rows: list[dict[str, Any]], known_count: bool) -> None:
+    """SODA3 numbers pages in the size the server serves: pages of 70 for pageSize 100 cannot be placed."""
+    with FakeSocrata(rows, soda3_page_cap=70) as server:
+        if known_count:
+            server.faults.append(Fault.error(400, where="count"))
+        with pytest.raises(SocrataError) as info:
+            make_client(server, "soda3", page_size=100, max_workers=1).fetch_all()
+    message = str(info.value)
+    assert "shorter than its pageSize of 100 rows, yet the page after it (from row 100) has 70 rows" in message
+    assert "lower page_size" in message
+
+
+def test_count_exact_multiple_checks_for_more(rows: list[dict[str, Any]], protocol: str) -> None:
     with FakeSocrata(rows[:400]) as server:
-        extract = make_client(server, page_size=100).fetch_all()
+        extract = make_client(server, protocol, page_size=100).fetch_all()
     assert records(extract) == rows[:400]
     # four full chunks, then one page past the count to see whether rows were added
-    assert sorted(int(p.params["$offset"]) for p in server.page_requests()) == [0, 100, 200, 300, 400]
+    assert sorted(offsets(server)) == [0, 100, 200, 300, 400]
 
 
-def test_rows_added_after_count_are_fetched(rows: list[dict[str, Any]]) -> None:
+def test_rows_added_after_count_are_fetched(rows: list[dict[str, Any]], protocol: str) -> None:
     extra = make_rows(430)[400:]
     with FakeSocrata(rows[:400]) as server:
         added = []
@@ -160,41 +218,45 @@ def test_rows_added_after_count_are_fetched(rows: list[dict[str, Any]]) -> None:
                 server.extend_rows(extra)
 
         server.on_request = grow
-        extract = make_client(server, page_size=100).fetch_all()
+        extract = make_client(server, protocol, page_size=100).fetch_all()
     assert records(extract) == rows[:400] + extra
 
 
-def test_dataset_shrinking_mid_fetch_is_an_error(rows: list[dict[str, Any]]) -> None:
+def test_dataset_shrinking_mid_fetch_is_an_error(rows: list[dict[str, Any]], protocol: str) -> None:
     with FakeSocrata(rows) as server:
         server.on_request = lambda target, params: server.truncate_rows(300) if target == "page" else None
         with pytest.raises(SocrataError, match=r"returned 300 rows but count\(\*\) reported 450"):
-            make_client(server, page_size=100, max_workers=1).fetch_all()
+            make_client(server, protocol, page_size=100, max_workers=1).fetch_all()
 
 
-@pytest.mark.parametrize("max_limit", [50_000, 70])
-def test_count_failure_falls_back_to_sequential_paging(rows: list[dict[str, Any]], max_limit: int) -> None:
+@pytest.mark.parametrize(
+    "protocol, max_limit, expected",
+    [
+        ("soda2", 50_000, [0, 100, 200, 300, 400, 450]),  # short page at 400, empty page confirms
+        ("soda2", 70, [0, 70, 140, 210, 280, 350, 420]),  # the server's cap learned from a short page
+        ("soda3", 50_000, [0, 100, 200, 300, 400, 500]),  # short page 5, empty page 6 confirms
+    ],
+)
+def test_count_failure_falls_back_to_sequential_paging(
+    rows: list[dict[str, Any]], protocol: str, max_limit: int, expected: list[int]
+) -> None:
     with FakeSocrata(rows, max_limit=max_limit) as server:
         server.faults.append(Fault.error(400, message="count not allowed", where="count"))
         seen: list[tuple[int, int | None]] = []
-        extract = make_client(server, page_size=100).fetch_all(progress=lambda n, total: seen.append((n, total)))
+        extract = make_client(server, protocol, page_size=100).fetch_all(progress=lambda n, total: seen.append((n, total)))
     assert records(extract) == rows
     assert all(total is None for _, total in seen)
-    offsets = [int(p.params["$offset"]) for p in server.page_requests()]
-    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
-    if max_limit == 70:
-        assert offsets == [0, 70, 140, 210, 280, 350, 420]
-    else:
-        assert offsets == [0, 100, 200, 300, 400, 450]  # short page at 400, empty page confirms
+    assert offsets(server) == expected
 
 
-def test_count_returning_html_falls_back(rows: list[dict[str, Any]], server: FakeSocrata) -> None:
+def test_count_returning_html_falls_back(rows: list[dict[str, Any]], server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.html(where="count"))
-    assert records(make_client(server).fetch_all()) == rows
+    assert records(make_client(server, protocol).fetch_all()) == rows
 
 
-def test_progress_reports_increasing_counts(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_progress_reports_increasing_counts(server: FakeSocrata, rows: list[dict[str, Any]], protocol: str) -> None:
     calls: list[tuple[int, int | None]] = []
-    make_client(server, page_size=100).fetch_all(progress=lambda n, total: calls.append((n, total)))
+    make_client(server, protocol, page_size=100).fetch_all(progress=lambda n, total: calls.append((n, total)))
     counts = [n for n, _ in calls]
     assert len(calls) == 5
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
@@ -202,17 +264,25 @@ def test_progress_reports_increasing_counts(server: FakeSocrata, rows: list[dict
     assert {total for _, total in calls} == {len(rows)}
 
 
+def test_a_page_with_more_rows_than_asked_is_refused(rows: list[dict[str, Any]], server: FakeSocrata, protocol: str) -> None:
+    server.faults.append(Fault.json_body(rows[100:250], where="page", offset=100))  # 150 rows for a page of 100
+    with pytest.raises(SocrataError) as info:
+        make_client(server, protocol, page_size=100).fetch_all()
+    message = str(info.value)
+    assert at(protocol, 100) in message and "returned 150 rows for a page of 100" in message
+
+
 # ---------------------------------------------------------------------------------------
 # Retries
 # ---------------------------------------------------------------------------------------
-def test_429_with_retry_after_is_honoured(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_429_with_retry_after_is_honoured(server: FakeSocrata, rows: list[dict[str, Any]], protocol: str) -> None:
     server.faults.append(Fault.error(429, message="Too many requests", retry_after="1", where="page", offset=100))
     started = time.monotonic()
-    extract = make_client(server, backoff_max_s=5.0).fetch_all()
+    extract = make_client(server, protocol, backoff_max_s=5.0).fetch_all()
     assert time.monotonic() - started >= 0.9  # waited as told, not the 1 ms backoff
     assert records(extract) == rows
     assert extract.stats.retries == 1
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 2
+    assert len(asked_at(server, 100)) == 2
 
 
 def test_huge_retry_after_is_capped_by_backoff_max(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
@@ -223,45 +293,45 @@ def test_huge_retry_after_is_capped_by_backoff_max(server: FakeSocrata, rows: li
     assert records(extract) == rows and extract.stats.retries == 1
 
 
-def test_5xx_burst_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_5xx_burst_then_success(server: FakeSocrata, rows: list[dict[str, Any]], protocol: str) -> None:
     for status in (500, 502, 503):
         server.faults.append(Fault.error(status, where="page", offset=200))
     server.faults.append(Fault.error(504, where="count"))
     server.faults.append(Fault.error(202, body="", where="page", offset=0))
     server.faults.append(Fault.error(429, where="page", offset=400))  # throttled without Retry-After
-    extract = make_client(server).fetch_all()
+    extract = make_client(server, protocol).fetch_all()
     assert records(extract) == rows
     assert extract.stats.retries == 6
     assert extract.stats.requests == 6  # logical requests; retries counted separately
 
 
-def test_connection_reset_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_connection_reset_then_success(server: FakeSocrata, rows: list[dict[str, Any]], protocol: str) -> None:
     server.faults.append(Fault.reset(where="page", offset=100))
     server.faults.append(Fault.reset(where="count"))
-    extract = make_client(server).fetch_all()
+    extract = make_client(server, protocol).fetch_all()
     assert records(extract) == rows
     assert extract.stats.retries == 2
 
 
-def test_read_timeout_then_success(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+def test_read_timeout_then_success(server: FakeSocrata, rows: list[dict[str, Any]], protocol: str) -> None:
     server.faults.append(Fault.sleep(1.5, where="page", offset=300))
     started = time.monotonic()
-    extract = make_client(server, read_timeout_s=0.3).fetch_all()
+    extract = make_client(server, protocol, read_timeout_s=0.3).fetch_all()
     assert records(extract) == rows
     assert extract.stats.retries == 1
     assert time.monotonic() - started < 1.4  # gave up on the slow attempt instead of waiting it out
 
 
-def test_server_that_never_recovers_fails_after_configured_attempts(server: FakeSocrata) -> None:
+def test_server_that_never_recovers_fails_after_configured_attempts(server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.error(503, message="Service Unavailable", times=1000))
     started = time.monotonic()
     with pytest.raises(SocrataError) as info:
-        make_client(server, max_retries=3).fetch_all()
+        make_client(server, protocol, max_retries=3).fetch_all()
     assert time.monotonic() - started < 5
     assert len(server.requests) == 4  # 1 + 3 retries of the count query, then give up (no fallback)
     message = str(info.value)
     assert "503" in message and "4 attempts" in message
-    assert f"{server.base_url}/resource/j8mb-icvb.json?$select=count(*)" in message
+    assert f"{endpoint(server, protocol)}{'?' if protocol == 'soda2' else ' '}{count_query(protocol)}" in message
     assert "Service Unavailable" in message
     assert info.value.transient and info.value.status == 503
 
@@ -272,13 +342,13 @@ def test_202_forever_says_still_processing(server: FakeSocrata) -> None:
         make_client(server, max_retries=2, max_workers=1).fetch_all()
 
 
-def test_connection_resets_forever_fail_with_attempts(server: FakeSocrata) -> None:
+def test_connection_resets_forever_fail_with_attempts(server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.reset(times=1000))
     with pytest.raises(SocrataError) as info:
-        make_client(server, max_retries=2).fetch_all()
+        make_client(server, protocol, max_retries=2).fetch_all()
     assert len(server.requests) == 3
     message = str(info.value)
-    assert "3 attempt(s)" in message and "$select=count(*)" in message
+    assert "3 attempt(s)" in message and count_query(protocol) in message
     assert "Connection" in message or "connection" in message
 
 
@@ -286,18 +356,19 @@ def test_unreachable_server_fails_with_cause() -> None:
     server = FakeSocrata([]).start()
     base_url = server.base_url
     server.stop()  # nothing listens on that port any more
-    client = SocrataClient(base_url=base_url, max_retries=1, backoff_factor=0.001, connect_timeout_s=0.5)
+    settings = SocrataSource(max_retries=1, backoff_factor=0.001, connect_timeout_s=0.5)
+    client = SocrataClient(SocrataTarget(base_url=base_url), settings)
     with pytest.raises(SocrataError, match=r"failed after 2 attempt\(s\).*(refused|NewConnectionError)"):
         client.fetch_all()
 
 
-def test_failed_page_stops_the_fetch_without_waiting_for_others(rows: list[dict[str, Any]]) -> None:
+def test_failed_page_stops_the_fetch_without_waiting_for_others(rows: list[dict[str, Any]], protocol: str) -> None:
     with FakeSocrata(rows) as server:
         server.faults.append(Fault.sleep(3.0, where="page", offset=0))
         server.faults.append(Fault.error(400, message="bad page", where="page", offset=100))
         started = time.monotonic()
         with pytest.raises(SocrataError, match="bad page"):
-            make_client(server, page_size=50, max_workers=2, read_timeout_s=10).fetch_all()
+            make_client(server, protocol, page_size=50, max_workers=2, read_timeout_s=10).fetch_all()
         assert time.monotonic() - started < 2.5  # did not wait for the slow page
         time.sleep(0.2)
         assert len(server.page_requests()) < 9  # the remaining chunks were never requested
@@ -308,34 +379,36 @@ def test_failed_page_stops_the_fetch_without_waiting_for_others(rows: list[dict[
     [Fault.reset_mid_body(where="page", offset=100), Fault.stall_mid_body(1.5, where="page", offset=100)],
     ids=["reset-mid-body", "read-timeout-mid-body"],
 )
-def test_body_that_breaks_off_is_requested_again(server: FakeSocrata, rows: list[dict[str, Any]], fault: Fault) -> None:
+def test_body_that_breaks_off_is_requested_again(
+    server: FakeSocrata, rows: list[dict[str, Any]], fault: Fault, protocol: str
+) -> None:
     # The headers arrived, so urllib3's Retry is done; the client itself asks again.
     server.faults.append(fault)
     started = time.monotonic()
-    extract = make_client(server, read_timeout_s=0.3).fetch_all()
+    extract = make_client(server, protocol, read_timeout_s=0.3).fetch_all()
     assert records(extract) == rows  # the half body was not taken for a short page
     assert extract.stats.retries == 1
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 2
+    assert len(asked_at(server, 100)) == 2
     assert time.monotonic() - started < 1.4  # gave up on the stalled body instead of waiting it out
 
 
-def test_body_that_keeps_breaking_off_fails_after_configured_attempts(server: FakeSocrata) -> None:
+def test_body_that_keeps_breaking_off_fails_after_configured_attempts(server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.reset_mid_body(where="page", offset=100, times=1000))
     with pytest.raises(SocrataError) as info:
-        make_client(server, max_retries=3, max_workers=1).fetch_all()
+        make_client(server, protocol, max_retries=3, max_workers=1).fetch_all()
     message = str(info.value)
-    assert "offset=100" in message and "failed after 4 attempt(s)" in message and "body broke off" in message
+    assert at(protocol, 100) in message and "failed after 4 attempt(s)" in message and "body broke off" in message
     assert info.value.transient
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 4
+    assert len(asked_at(server, 100)) == 4
 
 
-def test_body_retries_share_the_retry_budget_with_urllib3(server: FakeSocrata) -> None:
+def test_body_retries_share_the_retry_budget_with_urllib3(server: FakeSocrata, protocol: str) -> None:
     # One 503 (retried by urllib3) then bodies that always break off: 3 retries in all, not 3 + 3.
     server.faults.append(Fault.error(503, where="page", offset=100))
     server.faults.append(Fault.reset_mid_body(where="page", offset=100, times=1000))
     with pytest.raises(SocrataError, match=r"failed after 4 attempt\(s\)"):
-        make_client(server, max_retries=3, max_workers=1).fetch_all()
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 4
+        make_client(server, protocol, max_retries=3, max_workers=1).fetch_all()
+    assert len(asked_at(server, 100)) == 4
 
 
 def test_slow_but_live_server_is_not_a_timeout(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
@@ -362,17 +435,17 @@ def test_404_unknown_dataset_is_not_retried(server: FakeSocrata) -> None:
     assert not info.value.transient
 
 
-def test_400_with_errorcode_body_shape(server: FakeSocrata) -> None:
+def test_400_with_errorcode_body_shape(server: FakeSocrata, protocol: str) -> None:
     body = json.dumps(
         {"errorCode": "query.soql.no-such-column", "message": "No such column: foo", "data": {"column": "foo"}}
     )
     server.faults.append(Fault.error(400, body=body, where="page", offset=0))
     with pytest.raises(SocrataError) as info:
-        make_client(server, max_workers=1).fetch_all()
+        make_client(server, protocol, max_workers=1).fetch_all()
     message = str(info.value)
-    assert "400" in message and "$offset=0" in message
+    assert "400" in message and at(protocol, 0) in message
     assert "query.soql.no-such-column: No such column: foo" in message
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "0"]) == 1
+    assert len(asked_at(server, 0)) == 1
 
 
 def test_400_with_code_error_message_body_shape(server: FakeSocrata) -> None:
@@ -401,32 +474,32 @@ def test_non_json_error_body_is_quoted_briefly(server: FakeSocrata) -> None:
     ],
     ids=["html", "truncated", "object", "array-of-arrays", "empty-body"],
 )
-def test_bad_bodies_are_errors_not_zero_rows(server: FakeSocrata, fault: Fault, expected: str) -> None:
+def test_bad_bodies_are_errors_not_zero_rows(server: FakeSocrata, fault: Fault, expected: str, protocol: str) -> None:
     server.faults.append(fault)
     with pytest.raises(SocrataError, match=expected) as info:
-        make_client(server).fetch_all()
-    assert "$offset=100" in str(info.value)
+        make_client(server, protocol).fetch_all()
+    assert at(protocol, 100) in str(info.value)
 
 
-def test_repeated_page_is_detected(server: FakeSocrata) -> None:
+def test_repeated_page_is_detected(server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.repeat_previous(where="page", offset=100))
     with pytest.raises(SocrataError, match="same rows as the page at offset 0"):
-        make_client(server, max_workers=1).fetch_all()
+        make_client(server, protocol, max_workers=1).fetch_all()
 
 
-def test_empty_source_is_an_error() -> None:
+def test_empty_source_is_an_error(protocol: str) -> None:
     with FakeSocrata([]) as server:
         with pytest.raises(SocrataError, match="source returned no rows"):
-            make_client(server).fetch_all()
+            make_client(server, protocol).fetch_all()
         server.faults.append(Fault.error(400, where="count"))  # no count: still refused
         with pytest.raises(SocrataError, match="source returned no rows"):
-            make_client(server).fetch_all()
+            make_client(server, protocol).fetch_all()
 
 
-def test_empty_first_page_despite_count_is_an_error(server: FakeSocrata) -> None:
+def test_empty_first_page_despite_count_is_an_error(server: FakeSocrata, protocol: str) -> None:
     server.faults.append(Fault.empty(where="page", offset=0))
     with pytest.raises(SocrataError, match=r"first page is empty although count\(\*\) reported 450 rows"):
-        make_client(server).fetch_all()
+        make_client(server, protocol).fetch_all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,28 +531,30 @@ def captured_logs():
     root.setLevel(level)
 
 
-def test_token_sent_as_header_and_never_shown(server: FakeSocrata, captured_logs: _Captured) -> None:
-    client = make_client(server, app_token=TOKEN)
-    client.fetch_all()
-    assert server.requests and all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
-    assert all(TOKEN not in r.path and TOKEN not in json.dumps(r.params) for r in server.requests)
+@pytest.mark.parametrize("soda3", [True, False], ids=["soda3", "domain-without-soda3"])
+def test_token_sent_as_header_and_never_shown(rows: list[dict[str, Any]], captured_logs: _Captured, soda3: bool) -> None:
+    with FakeSocrata(rows, soda3=soda3) as server:
+        client = make_client(server, app_token=TOKEN)
+        client.fetch_all()
+        assert server.requests and all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
+        assert all(TOKEN not in r.path and TOKEN not in json.dumps(r.params) + json.dumps(r.body) for r in server.requests)
 
-    # An error body echoing the token, a 404, and an exhausted 503: none may show it.
-    server.faults.append(Fault.error(401, message=f"Invalid app token {TOKEN}", where="page", offset=0))
-    errors = []
-    for attempt in (client, make_client(server, app_token=TOKEN, dataset_id="zzzz-0000")):
+        # An error body echoing the token, a 404, and an exhausted 503: none may show it.
+        server.faults.append(Fault.error(401, message=f"Invalid app token {TOKEN}", where="page", offset=0))
+        errors = []
+        for attempt in (client, make_client(server, app_token=TOKEN, dataset_id="zzzz-0000")):
+            with pytest.raises(SocrataError) as info:
+                attempt.fetch_all()
+            errors.append(info.value)
+        server.faults.append(Fault.error(503, times=100))
         with pytest.raises(SocrataError) as info:
-            attempt.fetch_all()
+            make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
         errors.append(info.value)
-    server.faults.append(Fault.error(503, times=100))
-    with pytest.raises(SocrataError) as info:
-        make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
-    errors.append(info.value)
-    server.faults.clear()
-    server.faults.append(Fault.reset_mid_body(times=100))  # the body-retry path logs and raises too
-    with pytest.raises(SocrataError) as info:
-        make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
-    errors.append(info.value)
+        server.faults.clear()
+        server.faults.append(Fault.reset_mid_body(times=100))  # the body-retry path logs and raises too
+        with pytest.raises(SocrataError) as info:
+            make_client(server, app_token=TOKEN, max_retries=1).fetch_all()
+        errors.append(info.value)
 
     assert "Invalid app token ***" in str(errors[0])
     assert "body broke off" in str(errors[-1]) and "asking again" in captured_logs.text
@@ -493,30 +568,35 @@ def test_token_sent_as_header_and_never_shown(server: FakeSocrata, captured_logs
 # ---------------------------------------------------------------------------------------
 # A hostile or broken source: the token stays home
 # ---------------------------------------------------------------------------------------
-def _page_url(server: FakeSocrata, offset: int, limit: int = 100) -> str:
+def _page_url(server: FakeSocrata, protocol: str, offset: int, limit: int = 100) -> str:
+    """A URL of the page at `offset` (SODA3: its endpoint; the page is in the re-sent body)."""
+    if protocol == "soda3":
+        return endpoint(server, protocol)
     return f"{server.base_url}/resource/j8mb-icvb.json?$order=:id&$limit={limit}&$offset={offset}"
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirects_are_followed_only_within_the_configured_origin(
-    server: FakeSocrata, rows: list[dict[str, Any]], status: int
+    rows: list[dict[str, Any]], status: int, protocol: str
 ) -> None:
-    # Within the origin (a relative Location): followed, with the token, and the data is whole.
-    relative = _page_url(server, 100)[len(server.base_url):]
-    server.faults.append(Fault.redirect(relative, status=status, where="page", offset=100))
-    assert records(make_client(server, app_token=TOKEN).fetch_all()) == rows
-    hops = [r for r in server.page_requests() if r.params["$offset"] == "100"]
-    assert len(hops) == 2 and all(r.headers.get("X-App-Token") == TOKEN for r in hops)
+    # With a token the client speaks SODA3 where the domain has it: for SODA2, a domain without.
+    with FakeSocrata(rows, soda3=protocol == "soda3") as server, FakeSocrata(rows) as elsewhere:
+        # Within the origin (a relative Location): followed, with the token (and a SODA3 query's
+        # method and body), and the data is whole.
+        relative = _page_url(server, protocol, 100)[len(server.base_url):]
+        server.faults.append(Fault.redirect(relative, status=status, where="page", offset=100))
+        assert records(make_client(server, protocol, app_token=TOKEN).fetch_all()) == rows
+        hops = asked_at(server, 100)
+        assert len(hops) == 2 and all(r.headers.get("X-App-Token") == TOKEN and r.protocol == protocol for r in hops)
 
-    # To another port of the same host: another origin, so not followed at all.
-    with FakeSocrata(rows) as elsewhere:
-        server.faults.append(Fault.redirect(_page_url(elsewhere, 100), status=status, where="page", offset=100))
+        # To another port of the same host: another origin, so not followed at all.
+        server.faults.append(Fault.redirect(_page_url(elsewhere, protocol, 100), status=status, where="page", offset=100))
         with pytest.raises(SocrataError) as info:
-            make_client(server, app_token=TOKEN).fetch_all()
+            make_client(server, protocol, app_token=TOKEN).fetch_all()
         assert elsewhere.requests == []  # the other server was never contacted, so never saw the token
     message = str(info.value)
     assert f"HTTP {status}" in message and elsewhere.base_url in message and f"outside {server.base_url}" in message
-    assert "$offset=100" in message and "not followed" in message and TOKEN not in message
+    assert at(protocol, 100) in message and "not followed" in message and TOKEN not in message
     assert not info.value.transient
 
 
@@ -529,33 +609,33 @@ def test_redirect_to_another_scheme_or_host_is_refused_too(server: FakeSocrata) 
         assert server.requests[-1].path == "/api/views/j8mb-icvb.json"  # no request went to the target
 
 
-def test_a_redirect_loop_within_the_origin_ends(server: FakeSocrata) -> None:
-    server.faults.append(Fault.redirect(_page_url(server, 0), where="page", offset=0, times=1000))
-    with pytest.raises(SocrataError, match=f"more than {socrata.MAX_REDIRECTS} redirects"):
-        make_client(server, max_workers=1).fetch_all()
-    assert len(server.page_requests()) == socrata.MAX_REDIRECTS + 1
+def test_a_redirect_loop_within_the_origin_ends(server: FakeSocrata, protocol: str) -> None:
+    server.faults.append(Fault.redirect(_page_url(server, protocol, 0), where="page", offset=0, times=1000))
+    with pytest.raises(SocrataError, match=f"more than {MAX_REDIRECTS} redirects"):
+        make_client(server, protocol, max_workers=1).fetch_all()
+    assert len(server.page_requests()) == MAX_REDIRECTS + 1
 
 
 def test_a_token_over_plain_http_needs_a_loopback_host() -> None:
     for url in ("http://healthdata.gov", "http://10.0.0.5:8080", "http://127.0.0.1.evil.example"):
         with pytest.raises(SocrataError, match=r"refusing to send the app token over plain http.*https://") as info:
-            SocrataClient(base_url=url, app_token=TOKEN)
+            SocrataTarget(base_url=url, app_token=TOKEN)
         assert TOKEN not in str(info.value)
     for url in ("http://localhost:8080", "http://127.0.0.1:1", "http://127.9.9.9", "http://[::1]:5000", "https://healthdata.gov"):
-        SocrataClient(base_url=url, app_token=TOKEN)
-    SocrataClient(base_url="http://healthdata.gov")  # no token, nothing to protect
+        SocrataTarget(base_url=url, app_token=TOKEN)
+    SocrataTarget(base_url="http://healthdata.gov")  # no token, nothing to protect
 
 
 # ---------------------------------------------------------------------------------------
 # A hostile or broken source: bounded memory and time
 # ---------------------------------------------------------------------------------------
 def test_a_count_beyond_the_page_cap_is_refused_before_any_page(
-    server: FakeSocrata, monkeypatch: pytest.MonkeyPatch
+    server: FakeSocrata, monkeypatch: pytest.MonkeyPatch, protocol: str
 ) -> None:
-    monkeypatch.setattr(socrata, "MAX_PAGES", 20)  # 20 pages of 100 rows: 2,000 rows at most
+    monkeypatch.setattr(paging, "MAX_PAGES", 20)  # 20 pages of 100 rows: 2,000 rows at most
     server.faults.append(Fault.json_body([{"count": "2001"}], where="count"))
     with pytest.raises(SocrataError) as info:
-        make_client(server).fetch_all()
+        make_client(server, protocol).fetch_all()
     message = str(info.value)
     assert "count(*) = 2,001 rows" in message and "20 pages of 100 rows = 2,000" in message
     assert server.page_requests() == []
@@ -584,43 +664,70 @@ class _CountingPool(ThreadPoolExecutor):
 def test_pages_are_queued_through_a_bounded_window(
     rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(socrata, "ThreadPoolExecutor", _CountingPool)
+    monkeypatch.setattr(paging, "ThreadPoolExecutor", _CountingPool)
+    _CountingPool.outstanding = _CountingPool.most = 0
     with FakeSocrata(rows, latency_s=0.005) as server:
         extract = make_client(server, page_size=10, max_workers=2).fetch_all()  # 45 chunks
     assert records(extract) == rows
     assert 2 <= _CountingPool.most <= 4  # 2 x workers, not one future per page
 
 
-def test_a_gzip_bomb_is_cut_off_at_the_body_cap(server: FakeSocrata) -> None:
+def test_pages_stream_in_order_and_a_slow_first_page_holds_at_most_the_window(
+    rows: list[dict[str, Any]], protocol: str
+) -> None:
+    """`plan().pages()` yields Arrow pages in offset order as they complete; while the first page is
+    slow, later ones are held only up to the window (2 x workers), not fetched without bound."""
+    with FakeSocrata(rows) as server:
+        server.faults.append(Fault.sleep(0.5, where="page", offset=0))
+        client = make_client(server, protocol, page_size=10, max_workers=2)  # 45 pages
+        with client.plan() as plan:
+            pages = plan.pages()
+            first = next(pages)
+            asked_while_first_was_slow = len(server.page_requests())
+            tables = [first, *pages]
+            stats = plan.stats(rows=plan.rows, elapsed_s=0.0)
+    assert asked_while_first_was_slow <= 4
+    assert [row for table in tables for row in table.to_pylist()] == rows
+    assert stats.rows == 450 and stats.pages == 46 and plan.source == endpoint(server, protocol)  # 45 + one past the count
+
+
+def test_a_gzip_bomb_is_cut_off_at_the_body_cap(server: FakeSocrata, protocol: str) -> None:
     # 64 MiB of whitespace inside a valid page, sent as ~70 kB of gzip.
     server.faults.append(Fault.gzip_bomb(64, where="page", offset=100))
     tracemalloc.start()
     try:
         with pytest.raises(SocrataError) as info:
-            make_client(server, max_body_bytes=4 * 1024 * 1024).fetch_all()
+            make_client(server, protocol, max_body_bytes=4 * 1024 * 1024).fetch_all()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     message = str(info.value)
     assert "larger than max_body_bytes = 4,194,304 bytes" in message and "after gzip decoding" in message
-    assert "$offset=100" in message and not info.value.transient
+    assert at(protocol, 100) in message and not info.value.transient
     assert peak < 24 * 1024 * 1024, f"{peak:,} bytes traced: the body was not streamed"
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 1  # not retried
+    assert len(asked_at(server, 100)) == 1  # not retried
 
 
-def test_a_declared_length_beyond_the_cap_is_refused_unread(server: FakeSocrata) -> None:
-    with pytest.raises(SocrataError, match=r"\$offset=0 is larger than max_body_bytes = 1,000 bytes \(it declares a Content-Length of \d"):
-        make_client(server, max_body_bytes=1000, max_workers=1).fetch_all()
+def test_a_declared_length_beyond_the_cap_is_refused_unread(server: FakeSocrata, protocol: str) -> None:
+    big = b"[" + b" " * (2 << 20) + b"]"  # 2 MiB, over the smallest cap a config may set (1 MiB)
+    server.faults.append(Fault("respond", body=big, headers={"Content-Type": "application/json"}, where="page", offset=0))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, protocol, max_body_bytes=1 << 20, max_workers=1).fetch_all()
+    assert re.search(
+        rf"{re.escape(at(protocol, 0))} is larger than max_body_bytes = 1,048,576 bytes \(it declares a Content-Length "
+        r"of 2,097,154 bytes\)",
+        str(info.value),
+    ), str(info.value)
 
 
 @pytest.mark.parametrize("fault", [Fault.drip, Fault.drip_headers], ids=["body", "headers"])
 def test_a_dripping_response_is_cut_off_at_the_deadline_and_retried(
-    server: FakeSocrata, rows: list[dict[str, Any]], fault: Any
+    server: FakeSocrata, rows: list[dict[str, Any]], fault: Any, protocol: str
 ) -> None:
     # 12 pieces 0.25 s apart: never quiet for the 2 s read timeout, but 2.75 s in all.
     server.faults.append(fault(0.25, pieces=12, where="page", offset=100))
     started = time.monotonic()
-    extract = make_client(server, read_timeout_s=2.0, request_deadline_s=0.8).fetch_all()
+    extract = make_client(server, protocol, read_timeout_s=2.0, request_deadline_s=0.8).fetch_all()
     assert records(extract) == rows
     assert extract.stats.retries == 1
     assert time.monotonic() - started < 2.0  # cut off at 0.8 s, not waited out
@@ -640,14 +747,24 @@ def test_a_server_that_always_drips_fails_naming_the_deadline(server: FakeSocrat
     message = str(info.value)
     assert f"$offset=100 failed after 3 attempt(s): {cause}no complete response within the request deadline of 0.5 s" in message
     assert info.value.transient
-    assert len([p for p in server.page_requests() if p.params["$offset"] == "100"]) == 3
+    assert len(asked_at(server, 100)) == 3
     assert elapsed < 3.0  # three deadlines and tiny backoffs: the whole request ended
 
 
-def test_new_limits_are_validated() -> None:
-    for bad in (dict(max_body_bytes=0), dict(request_deadline_s=0), dict(request_deadline_s=float("inf"))):
-        with pytest.raises(SocrataError, match=next(iter(bad))):
-            SocrataClient(**bad)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(page_size=0), dict(page_size=50_001), dict(max_workers=0), dict(max_retries=-1), dict(backoff_max_s=-1),
+        dict(connect_timeout_s=0), dict(max_body_bytes=0), dict(request_deadline_s=0), dict(request_deadline_s=float("inf")),
+    ],
+    ids=lambda bad: next(iter(bad)),
+)
+def test_settings_are_validated_by_the_config_itself(bad: dict[str, Any]) -> None:
+    """The knobs are checked by pydantic (so by Dagster as it loads run config), and an override is too."""
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        SocrataSource(**bad)
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        SocrataSource().client(**bad)
 
 
 def test_source_text_in_errors_and_logs_is_clipped(server: FakeSocrata, rows: list[dict[str, Any]], captured_logs: _Captured) -> None:
@@ -731,9 +848,10 @@ def test_non_string_json_values_are_kept_as_json_text() -> None:
     assert_all_string(frame)
 
 
-def test_real_sample_round_trips_exactly(sample_rows: list[dict[str, Any]]) -> None:
+def test_real_sample_round_trips_exactly(sample_rows: list[dict[str, Any]], protocol: str) -> None:
+    # SODA2: pages capped at 250 for a page size of 300. SODA3: no system fields (:id) in the rows.
     with FakeSocrata(sample_rows, max_limit=250, compress=True) as server:
-        extract = make_client(server, page_size=300).fetch_all()
+        extract = make_client(server, protocol, page_size=300).fetch_all()
     assert len(sample_rows) == 1000
     assert extract.frame.to_dict("records") == sample_rows
     assert list(extract.frame.columns) == list(REQUIRED_COLUMNS)
@@ -928,9 +1046,9 @@ def test_errors_about_a_file_never_quote_its_contents(tmp_path: Path, name: str,
 
 
 # ---------------------------------------------------------------------------------------
-# The fake server itself (benchmarks rely on it behaving like Socrata)
+# The stand-in itself (benchmarks rely on it behaving like Socrata)
 # ---------------------------------------------------------------------------------------
-def test_fake_server_behaves_like_socrata() -> None:
+def test_stand_in_behaves_like_socrata_soda2() -> None:
     import requests
 
     rows = make_rows(1500)
@@ -952,8 +1070,40 @@ def test_fake_server_behaves_like_socrata() -> None:
         server.rows_updated_at = 1_234_567
         views = requests.get(f"{server.base_url}/api/views/j8mb-icvb.json", timeout=5).json()
         assert views["rowsUpdatedAt"] == 1_234_567
-        path, params, headers = server.requests[1]
-        assert path == "/resource/j8mb-icvb.json" and params == {"$order": ":id"} and "Host" in headers
+        assert sorted(c["fieldName"] for c in views["columns"]) == sorted([":id", *REQUIRED_COLUMNS])  # from the rows
+        recorded = server.requests[1]
+        assert (recorded.method, recorded.path, recorded.params) == ("GET", "/resource/j8mb-icvb.json", {"$order": ":id"})
+        assert "Host" in recorded.headers and (recorded.target, recorded.offset, recorded.limit) == ("page", 0, 1000)
+
+
+def _soda3_query(server: FakeSocrata, body: dict[str, Any], token: str | None = TOKEN) -> Any:
+    import requests
+
+    url = f"{server.base_url}/api/v3/views/j8mb-icvb/query.json"
+    return requests.post(url, json=body, headers={"X-App-Token": token} if token else {}, timeout=5)
+
+
+def test_stand_in_behaves_like_socrata_soda3() -> None:
+    import requests
+
+    rows = make_rows(250)
+    page = {"pageNumber": 2, "pageSize": 100}
+    with FakeSocrata(rows) as server:
+        assert _soda3_query(server, {"query": "SELECT count(*)", "includeSynthetic": False}).json() == [{"count": "250"}]
+        ordered = _soda3_query(server, {"query": "select *  order by :id", "page": page, "includeSynthetic": False})
+        assert ordered.json() == rows[100:200]
+        synthetic = _soda3_query(server, {"query": "SELECT * ORDER BY :id", "page": page}).json()  # system fields unless told not to
+        assert synthetic[0][":id"] and {k: v for k, v in synthetic[0].items() if k != ":id"} == rows[100]
+        assert _soda3_query(server, {"query": "SELECT * ORDER BY :id", "page": page}, token=None).status_code == 403
+        assert _soda3_query(server, {"query": "SELECT * ORDER BY state", "page": page}).status_code == 400
+        assert _soda3_query(server, {"query": "SELECT * ORDER BY :id"}).status_code == 400  # the stand-in wants a page
+        assert requests.get(f"{server.base_url}/api/v3/views/j8mb-icvb/query.json", timeout=5).status_code == 404
+        recorded = server.requests[1]
+        assert (recorded.method, recorded.protocol, recorded.target, recorded.offset, recorded.limit) == ("POST", "soda3", "page", 100, 100)
+    with FakeSocrata(rows, soda3=False) as server:  # a domain without SODA3
+        assert _soda3_query(server, {"query": "SELECT count(*)"}).status_code == 404
+    with FakeSocrata(rows, soda3_page_cap=70) as server:  # a server that serves (and numbers) pages of 70
+        assert _soda3_query(server, {"query": "SELECT * ORDER BY :id", "page": page, "includeSynthetic": False}).json() == rows[70:140]
 
 
 def test_empty_row_objects_are_not_mistaken_for_rows(server: FakeSocrata) -> None:
@@ -980,22 +1130,90 @@ def test_resource_fetches_from_api(server: FakeSocrata, rows: list[dict[str, Any
     assert records(extract) == rows
     assert seen[-1] == len(rows)
     assert all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
+    assert {(r.method, r.protocol) for r in server.requests} == {("POST", "soda3")}  # a token: SODA3
 
 
 def test_invalid_configuration_is_reported() -> None:
-    with pytest.raises(SocrataError, match="page_size"):
-        SocrataClient(page_size=0)
-    with pytest.raises(SocrataError, match="base_url"):
-        SocrataClient(base_url="healthdata.gov")
+    with pytest.raises(ValidationError, match="page_size"):
+        SocrataSource(page_size=0)
+    with pytest.raises(SocrataError, match=r"base_url \(SOCRATA_BASE_URL\) must start with http:// or https://"):
+        SocrataTarget(base_url="healthdata.gov")
+    with pytest.raises(SocrataError, match=r"base_url \(SOCRATA_BASE_URL\) must start with"):
+        SocrataTarget.from_env({"SOCRATA_BASE_URL": "ftp://healthdata.gov"})
+    with pytest.raises(SocrataError, match=r"dataset_id \(SOCRATA_DATASET_ID\) must be a Socrata four-by-four id"):
+        SocrataTarget(dataset_id="j8mb-icvb/../../x")
 
 
-def test_a_run_asks_for_the_count_once(server: FakeSocrata, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_asks_for_the_count_once(server: FakeSocrata, monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
     """The signature's count(*) is reused by the fetch; growth since then is still followed."""
     monkeypatch.setenv("SOCRATA_BASE_URL", server.base_url)
+    if protocol == "soda3":
+        monkeypatch.setenv("SOCRATA_APP_TOKEN", TOKEN)
     source = SocrataSource(page_size=200, max_workers=2)
     signature = source.signature()
     server.extend_rows(make_rows(460)[450:])  # ten rows arrive between the signature and the fetch
     extract = source.extract(known_count=signature.row_count)
-    counts = [r for r in server.requests if r.params.get("$select") == "count(*)"]
+    counts = [r for r in server.requests if r.target == "count"]
     assert (signature.row_count, len(counts)) == (450, 1)
+    assert {r.protocol for r in server.requests if r.target in ("count", "page")} == {protocol}
     assert len(extract.frame) == 460
+
+
+# ---------------------------------------------------------------------------------------
+# SODA3 or SODA2
+# ---------------------------------------------------------------------------------------
+def test_without_a_token_the_client_speaks_soda2_even_where_soda3_exists(server: FakeSocrata, rows: list[dict[str, Any]]) -> None:
+    extract = make_client(server, app_token=None).fetch_all()
+    assert records(extract) == rows and extract.source == endpoint(server, "soda2")
+    assert {(r.method, r.protocol) for r in server.requests} == {("GET", "soda2")}
+
+
+def test_soda3_queries_are_json_posts_with_the_token(server: FakeSocrata) -> None:
+    make_client(server, "soda3").fetch_all()
+    assert server.requests and all(r.method == "POST" and r.path == "/api/v3/views/j8mb-icvb/query.json" for r in server.requests)
+    for request in server.requests:
+        assert request.headers["Content-Type"] == "application/json" and request.headers["X-App-Token"] == TOKEN
+        assert request.body["includeSynthetic"] is False and set(request.body) <= {"query", "page", "includeSynthetic"}
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_domain_without_soda3_falls_back_to_soda2_once_per_run(
+    rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, captured_logs: _Captured, status: int
+) -> None:
+    with FakeSocrata(rows, soda3=status != 404) as server:
+        if status == 405:
+            server.faults.append(Fault.error(405, message="Method Not Allowed", where="count"))
+        monkeypatch.setenv("SOCRATA_BASE_URL", server.base_url)
+        monkeypatch.setenv("SOCRATA_APP_TOKEN", TOKEN)
+        source = SocrataSource(page_size=100, max_workers=4)
+        signature = source.signature()  # the run's first query finds no SODA3 ...
+        extract = source.extract(known_count=signature.row_count)  # ... and its fetch does not ask again
+    assert records(extract) == rows and extract.source == endpoint(server, "soda2")
+    assert [(r.method, r.protocol) for r in server.requests if r.protocol == "soda3"] == [("POST", "soda3")]
+    assert all(r.headers.get("X-App-Token") == TOKEN for r in server.requests)
+    fallbacks = [line for line in captured_logs.lines if "no SODA3 query endpoint" in line]
+    assert len(fallbacks) == 1 and f"HTTP {status}" in fallbacks[0] and TOKEN not in captured_logs.text
+
+
+def test_concurrent_pages_fall_back_together_and_log_it_once(rows: list[dict[str, Any]], captured_logs: _Captured) -> None:
+    with FakeSocrata(rows, soda3=False, latency_s=0.05) as server:
+        extract = make_client(server, "soda3", page_size=100, max_workers=4).fetch_all(known_count=450)
+    assert records(extract) == rows
+    assert 1 <= len([r for r in server.requests if r.protocol == "soda3"]) <= 4  # the first window at most
+    assert len([line for line in captured_logs.lines if "no SODA3 query endpoint" in line]) == 1
+
+
+def test_a_404_after_soda3_answered_is_an_error_not_a_fallback(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(404, message="no such page", where="page", offset=100))
+    with pytest.raises(SocrataError) as info:
+        make_client(server, "soda3", max_workers=1).fetch_all()
+    message = str(info.value)
+    assert "HTTP 404" in message and at("soda3", 100) in message and "no such page" in message
+    assert {r.protocol for r in server.requests} == {"soda3"}
+
+
+def test_a_refused_token_is_an_error_not_a_fallback(server: FakeSocrata) -> None:
+    server.faults.append(Fault.error(403, message="invalid app token", times=100))
+    with pytest.raises(SocrataError, match=r"HTTP 403 .*invalid app token"):
+        make_client(server, "soda3").fetch_all()
+    assert {r.protocol for r in server.requests} == {"soda3"}

@@ -1,18 +1,30 @@
-"""A local stand-in for the Socrata SODA API, for tests and benchmarks.
+"""A local stand-in for a Socrata domain serving one dataset, for tests and benchmarks.
 
-It serves ``/resource/{dataset_id}.json`` and ``/api/views/{dataset_id}.json``
-on 127.0.0.1 only, implements the paging parameters the client relies on
-(``$order=:id``, ``$limit``, ``$offset``, ``$select=count(*)``), and lets a test
-inject faults (throttling, 5xx bursts, resets, timeouts, broken bodies, and a
-hostile server's tricks: redirects, drips, gzip bombs) into the next matching
-requests, so retry and error handling are exercised against real sockets
-instead of mocks.
+It listens on 127.0.0.1 only and speaks what the client relies on:
+
+* SODA2: ``GET /resource/{id}.json`` with ``$order=:id``, ``$limit``, ``$offset`` and
+  ``$select=count(*)``; ``$limit`` is capped at `max_limit` like a 2.0 endpoint.
+* SODA3: ``POST /api/v3/views/{id}/query.json`` with a JSON body ``{"query": "SELECT * ORDER BY
+  :id" or "SELECT count(*)", "page": {"pageNumber": n, "pageSize": s}, "includeSynthetic":
+  false}``, an ``X-App-Token`` required (403 without). The answer has the SODA2 shape: a JSON
+  array of row objects, the count as ``[{"count": "N"}]``. Without ``"includeSynthetic": false``
+  rows carry ``:id``. ``soda3=False`` makes it a domain without SODA3 (404 there);
+  `soda3_page_cap` a server that serves pages of at most that size, numbered in that size.
+* ``GET /api/views/{id}.json``: the view metadata, `view` (columns derived from the rows unless
+  a test sets its own, e.g. a real one), with ``rowsUpdatedAt`` = `rows_updated_at`.
+
+A test can inject faults (throttling, 5xx bursts, resets, timeouts, broken bodies, and a hostile
+server's tricks: redirects, drips, gzip bombs) into the next matching requests, so retry and
+error handling are exercised against real sockets instead of mocks. Faults match either
+protocol: ``where="page", offset=100`` is the SODA2 ``$offset=100`` and the SODA3 page that
+starts at row 100 alike.
 
 Usage::
 
     with FakeSocrata(rows, max_limit=500) as server:
-        server.faults.append(Fault.error(429, retry_after="1"))
-        client = SocrataClient(base_url=server.base_url)
+        server.faults.append(Fault.error(429, retry_after="1", where="page", offset=500))
+        ...  # point SOCRATA_BASE_URL (or a SocrataTarget) at server.base_url
+        offsets = [request.offset for request in server.page_requests()]
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["Fault", "FakeSocrata", "RecordedRequest"]
+__all__ = ["FakeSocrata", "Fault", "RecordedRequest"]
 
 # Faults a test can inject. Each consumes one matching request per ``times``.
 _KINDS = frozenset(
@@ -43,17 +55,36 @@ _KINDS = frozenset(
         "drip_headers",  # send status line, headers and body in `pieces` pieces, `sleep_s` apart
         "gzip_bomb",  # the real body, gzip-encoded, with `padding_mib` MiB of JSON whitespace before its final "]"
         "sleep",  # wait `sleep_s` (longer than the client's read timeout), then answer normally
-        "repeat_previous",  # serve the previous page request's body again (ignores $offset)
+        "repeat_previous",  # serve the previous page request's body again (ignores the paging)
     }
 )
+_TARGETS = frozenset({"any", "count", "page", "views"})
+
+
+class RecordedRequest(NamedTuple):
+    """What the server saw, and what it made of it.
+
+    `target` is "count", "page", "views" or "unknown"; `protocol` "soda2", "soda3" or None;
+    `offset` and `limit` are a page's first row and size in either protocol (None otherwise).
+    """
+
+    method: str
+    path: str
+    params: dict[str, str]  # the query string, decoded
+    headers: dict[str, str]
+    body: Any  # the parsed JSON body of a POST (None for a GET, or a body that is not JSON)
+    target: str
+    protocol: str | None
+    offset: int | None
+    limit: int | None
 
 
 @dataclass
 class Fault:
     """One injected misbehaviour; consumed by the next `times` matching requests.
 
-    `where` selects requests: "any", "count" (the ``$select=count(*)`` query),
-    "page" (row requests) or "views" (metadata); `offset` narrows page requests.
+    `where` selects requests: "any", "count" (the count query), "page" (row requests) or
+    "views" (metadata); `offset` narrows page requests to the one starting at that row.
     """
 
     kind: str
@@ -70,7 +101,7 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {sorted(_KINDS)}")
-        if self.where not in {"any", "count", "page", "views"}:
+        if self.where not in _TARGETS:
             raise ValueError(f"unknown fault target {self.where!r}")
 
     # Convenience constructors -------------------------------------------------
@@ -150,28 +181,20 @@ class Fault:
     def repeat_previous(cls, **kw: Any) -> Fault:
         return cls("repeat_previous", **kw)
 
-    def matches(self, target: str, params: Mapping[str, str]) -> bool:
-        if self.where != "any" and self.where != target:
+    def matches(self, request: RecordedRequest) -> bool:
+        if self.where != "any" and self.where != request.target:
             return False
         if self.offset is not None:
-            return target == "page" and params.get("$offset", "0") == str(self.offset)
+            return request.target == "page" and request.offset == self.offset
         return True
 
 
-class RecordedRequest(NamedTuple):
-    """What the server saw: path, query parameters (decoded) and headers."""
-
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]
-
-
 class _BadRequest(Exception):
-    """A request the fake (like Socrata) rejects with a 400 and an error body."""
+    """A request the stand-in (like Socrata) rejects with a 400 and an error body."""
 
 
 class FakeSocrata:
-    """A threaded HTTP server on 127.0.0.1 that behaves like Socrata for one dataset."""
+    """A threaded HTTP server on 127.0.0.1 that behaves like a Socrata domain with one dataset."""
 
     def __init__(
         self,
@@ -181,17 +204,25 @@ class FakeSocrata:
         latency_s: float = 0.0,
         dataset_id: str = "j8mb-icvb",
         compress: bool = False,
+        soda3: bool = True,
+        soda3_page_cap: int | None = None,
+        view: Mapping[str, Any] | None = None,
     ) -> None:
         self.max_limit = max_limit
         self.latency_s = latency_s
         self.dataset_id = dataset_id
         self.compress = compress  # gzip bodies when the client accepts it, like Socrata
+        self.soda3 = soda3
+        self.soda3_page_cap = soda3_page_cap
+        self.view: dict[str, Any] | None = dict(view) if view is not None else None  # None: derived from the rows
         self.rows_updated_at = 1_700_000_000
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
         # Called with (target, params) before each request is served; lets a test
         # change the dataset mid-fetch (e.g. rows appended after the count query).
         self.on_request: Callable[[str, dict[str, str]], None] | None = None
+        # Called with (request, status, body bytes before compression) after each answer: for measurements.
+        self.on_response: Callable[[RecordedRequest, int, int], None] | None = None
         self.max_inflight = 0  # highest number of concurrent page requests seen
         self._inflight = 0
         self._lock = threading.Lock()
@@ -206,12 +237,12 @@ class FakeSocrata:
     # Dataset ------------------------------------------------------------------
     def set_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Replace the dataset. Rows are encoded once, dropping None values as Socrata does."""
-        encoded = [self._encode_row(r) for r in rows]
+        encoded = [_encode_row(r) for r in rows]
         with self._lock:
             self._encoded = encoded
 
     def extend_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        encoded = [self._encode_row(r) for r in rows]
+        encoded = [_encode_row(r) for r in rows]
         with self._lock:
             self._encoded = self._encoded + encoded
 
@@ -220,14 +251,33 @@ class FakeSocrata:
         with self._lock:
             self._encoded = self._encoded[:n]
 
+    def row(self, index: int) -> dict[str, Any]:
+        """Row `index` as served (None values left out)."""
+        with self._lock:
+            return json.loads(self._encoded[index])
+
+    def set_row(self, index: int, row: Mapping[str, Any]) -> None:
+        """Revise one row in place (a correction, as a publisher makes one)."""
+        encoded = _encode_row(row)
+        with self._lock:
+            rows = list(self._encoded)
+            rows[index] = encoded
+            self._encoded = rows
+
     @property
     def row_count(self) -> int:
         return len(self._encoded)
 
-    @staticmethod
-    def _encode_row(row: Mapping[str, Any]) -> bytes:
-        kept = {k: v for k, v in row.items() if v is not None}
-        return json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    def view_document(self) -> dict[str, Any]:
+        """What ``/api/views/{id}.json`` returns: `view`, or columns derived from the rows (all text)."""
+        with self._lock:
+            view, encoded = self.view, self._encoded
+        if view is None:
+            names = dict.fromkeys(key for row in encoded[:1000] for key in json.loads(row))
+            system = [{"fieldName": ":id", "name": "id", "dataTypeName": "meta_data", "flags": ["hidden"]}]
+            columns = [{"fieldName": name, "name": name, "dataTypeName": "text", "description": None} for name in names]
+            view = {"id": self.dataset_id, "name": f"Dataset {self.dataset_id}", "columns": system + columns}
+        return {**view, "rowsUpdatedAt": self.rows_updated_at}
 
     # Lifecycle ----------------------------------------------------------------
     @property
@@ -237,14 +287,10 @@ class FakeSocrata:
             raise RuntimeError("FakeSocrata has not been started")
         return self._base_url
 
-    def handler_base(self) -> type:
-        """The request handler to serve with; a subclass may return its own `_Handler` subclass."""
-        return _Handler
-
     def start(self) -> FakeSocrata:
         if self._httpd is not None:
             return self
-        handler = type("_BoundHandler", (self.handler_base(),), {"fake": self})
+        handler = type("_BoundHandler", (_Handler,), {"fake": self})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         self._stopping.clear()
@@ -273,19 +319,20 @@ class FakeSocrata:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # Introspection helpers ------------------------------------------------------
+    # Introspection ------------------------------------------------------------
     def page_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if _target(self.dataset_id, r.path, r.params) == "page"]
+        """The row requests, in either protocol, in the order they arrived."""
+        return [r for r in self.requests if r.target == "page"]
 
-    # Called by the handler --------------------------------------------------------
-    def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> None:
+    # Serving (called by the handler) ------------------------------------------
+    def _record(self, request: RecordedRequest) -> None:
         with self._lock:
-            self.requests.append(RecordedRequest(path, params, headers))
+            self.requests.append(request)
 
-    def _take_fault(self, target: str, params: Mapping[str, str]) -> Fault | None:
+    def _take_fault(self, request: RecordedRequest) -> Fault | None:
         with self._lock:
             for i, fault in enumerate(self.faults):
-                if fault.matches(target, params):
+                if fault.matches(request):
                     fault.times -= 1
                     if fault.times <= 0:
                         del self.faults[i]
@@ -296,30 +343,77 @@ class FakeSocrata:
         if seconds > 0:
             self._stopping.wait(seconds)
 
-    def _page_body(self, params: Mapping[str, str]) -> bytes:
-        """The JSON array Socrata would return for these paging parameters."""
-        limit = _int_param(params, "$limit", 1000)
-        offset = _int_param(params, "$offset", 0)
+    def _rows_body(self, offset: int, limit: int, ordered: bool, synthetic: bool = False) -> bytes:
+        """The JSON array of rows [offset, offset + limit) (a random pick when not `ordered`)."""
         if limit < 0 or offset < 0:
-            raise _BadRequest("$limit and $offset must be non-negative")
-        limit = min(limit, self.max_limit)
-        order = params.get("$order")
+            raise _BadRequest("the page's limit and offset must be non-negative")
         with self._lock:
             encoded = self._encoded
-        if order is None:
-            # Socrata gives no order guarantee without $order: each page is drawn
+        if ordered:
+            chosen = list(enumerate(encoded[offset : offset + limit], start=offset))
+        else:
+            # Socrata gives no order guarantee without an order: each page is drawn
             # from its own deterministic shuffle, so pages overlap and miss rows.
             rng = random.Random(offset * 7919 + limit)
             picked = rng.sample(range(len(encoded)), k=max(0, min(limit, len(encoded) - offset)))
-            chosen = [encoded[i] for i in picked]
-        elif order.strip() in {":id", ":id ASC", ":id asc"}:
-            chosen = encoded[offset : offset + limit]
-        else:
-            raise _BadRequest(f"the fake server only supports $order=:id, got {order!r}")
-        return b"[" + b"\n,".join(chosen) + b"]\n"
+            chosen = [(i, encoded[i]) for i in picked]
+        if synthetic:  # system fields, as Socrata adds them unless includeSynthetic is false
+            chosen = [(i, _with_id(row, i)) for i, row in chosen]
+        return b"[" + b"\n,".join(row for _, row in chosen) + b"]\n"
 
     def _count_body(self) -> bytes:
         return json.dumps([{"count": str(self.row_count)}]).encode()
+
+    def _soda2(self, request: RecordedRequest) -> bytes:
+        params = request.params
+        unsupported = sorted(k for k in params if k.startswith("$") and k not in _SODA2_PARAMS)
+        if unsupported:
+            raise _BadRequest(f"the stand-in does not support {', '.join(unsupported)}")
+        if request.target == "count":
+            if params["$select"].replace(" ", "").lower() != "count(*)":
+                raise _BadRequest(f"the stand-in only supports $select=count(*), got {params['$select']!r}")
+            return self._count_body()
+        order = params.get("$order")
+        if order is not None and order.strip() not in {":id", ":id ASC", ":id asc"}:
+            raise _BadRequest(f"the stand-in only supports $order=:id, got {order!r}")
+        limit = min(_int_param(params, "$limit", 1000), self.max_limit)
+        return self._rows_body(_int_param(params, "$offset", 0), limit, ordered=order is not None)
+
+    def _soda3(self, request: RecordedRequest) -> bytes:
+        body = request.body
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise _BadRequest('the body must be a JSON object with a "query"')
+        unknown = sorted(set(body) - {"query", "page", "includeSynthetic"})
+        if unknown:
+            raise _BadRequest(f"the stand-in does not support the request option(s) {', '.join(unknown)}")
+        if request.target == "count":
+            return self._count_body()
+        if _normal_query(body["query"]) != _normal_query(_SODA3_ROWS):
+            raise _BadRequest(f"the stand-in only supports the queries {_SODA3_ROWS!r} and {_SODA3_COUNT!r}")
+        if request.offset is None or request.limit is None:
+            raise _BadRequest('"page" must be {"pageNumber": n >= 1, "pageSize": s >= 1}')
+        size = min(request.limit, self.soda3_page_cap or request.limit)
+        number = request.offset // request.limit  # 0-based page number
+        return self._rows_body(number * size, size, ordered=True, synthetic=body.get("includeSynthetic") is not False)
+
+
+_SODA2_PARAMS = frozenset({"$order", "$limit", "$offset", "$select"})
+_SODA3_ROWS = "SELECT * ORDER BY :id"
+_SODA3_COUNT = "SELECT count(*)"
+
+
+def _encode_row(row: Mapping[str, Any]) -> bytes:
+    kept = {k: v for k, v in row.items() if v is not None}
+    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _with_id(encoded_row: bytes, index: int) -> bytes:
+    field_ = f'":id":"row-{index:08x}"'.encode()
+    return b"{" + field_ + (b"," + encoded_row[1:] if encoded_row != b"{}" else b"}")
+
+
+def _normal_query(query: str) -> str:
+    return " ".join(query.split()).lower()
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
@@ -332,15 +426,33 @@ def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
         raise _BadRequest(f"Invalid value for {name}: {raw!r}") from None
 
 
-def _target(dataset_id: str, path: str, params: Mapping[str, str]) -> str:
-    if path == f"/resource/{dataset_id}.json":
-        return "count" if "$select" in params else "page"
-    if path == f"/api/views/{dataset_id}.json":
-        return "views"
-    return "unknown"
-
-
-_SUPPORTED_PARAMS = frozenset({"$order", "$limit", "$offset", "$select"})
+def _describe(fake: FakeSocrata, method: str, path: str, params: dict[str, str], headers: dict[str, str], raw: bytes) -> RecordedRequest:
+    """What a request is: its target, protocol and, for a page, its first row and size."""
+    target, protocol, offset, limit, body = "unknown", None, None, None, None
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+    if method == "GET" and path == f"/resource/{fake.dataset_id}.json":
+        protocol, target = "soda2", "count" if "$select" in params else "page"
+        if target == "page":
+            try:
+                offset, limit = int(params.get("$offset", "0")), int(params.get("$limit", "1000"))
+            except ValueError:
+                pass
+    elif method == "POST" and path == f"/api/v3/views/{fake.dataset_id}/query.json":
+        protocol = "soda3"
+        query = body.get("query") if isinstance(body, dict) else None
+        target = "count" if isinstance(query, str) and _normal_query(query) == _normal_query(_SODA3_COUNT) else "page"
+        page = body.get("page") if isinstance(body, dict) else None
+        if isinstance(page, dict):
+            number, size = page.get("pageNumber"), page.get("pageSize")
+            if isinstance(number, int) and isinstance(size, int) and number >= 1 and size >= 1:
+                offset, limit = (number - 1) * size, size
+    elif method == "GET" and path == f"/api/views/{fake.dataset_id}.json":
+        target = "views"
+    return RecordedRequest(method, path, params, headers, body, target, protocol, offset, limit)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -355,18 +467,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output clean
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
         fake = self.fake
         split = urlsplit(self.path)
         params = dict(parse_qsl(split.query, keep_blank_values=True))
-        fake._record(split.path, params, {k: v for k, v in self.headers.items()})
-        target = _target(fake.dataset_id, split.path, params)
-        is_page = target == "page"
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        request = _describe(fake, method, split.path, params, dict(self.headers.items()), raw)
+        fake._record(request)
+        is_page = request.target == "page"
         if is_page:
             with fake._lock:
                 fake._inflight += 1
                 fake.max_inflight = max(fake.max_inflight, fake._inflight)
         try:
-            self._serve(fake, target, split.path, params)
+            self._serve(fake, request)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. its read timeout)
         finally:
@@ -374,11 +494,11 @@ class _Handler(BaseHTTPRequestHandler):
                 with fake._lock:
                     fake._inflight -= 1
 
-    def _serve(self, fake: FakeSocrata, target: str, path: str, params: dict[str, str]) -> None:
+    def _serve(self, fake: FakeSocrata, request: RecordedRequest) -> None:
         if fake.on_request is not None:
-            fake.on_request(target, params)
+            fake.on_request(request.target, request.params)
         fake._wait(fake.latency_s)
-        fault = fake._take_fault(target, params)
+        fault = fake._take_fault(request)
         if fault is not None and fault.kind == "sleep":
             fake._wait(fault.sleep_s)
             fault = None
@@ -387,11 +507,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind == "respond":
             body = fault.body.encode() if isinstance(fault.body, str) else (fault.body or b"")
-            self._send(fault.status, body, dict(fault.headers))
+            self._send(request, fault.status, body, dict(fault.headers))
             return
 
-        status, body = self._real_response(fake, target, path, params)
-        if status == 200 and target == "page":
+        status, body = self._real_response(fake, request)
+        if status == 200 and request.target == "page":
             with fake._lock:
                 previous, fake._previous_page = fake._previous_page, body
             if fault is not None and fault.kind == "repeat_previous" and previous is not None:
@@ -424,25 +544,19 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self.wfile.write(bomb)
             return
-        self._send(status, body, {"Content-Type": "application/json; charset=utf-8"})
+        self._send(request, status, body, {"Content-Type": "application/json; charset=utf-8"})
 
-    def _real_response(
-        self, fake: FakeSocrata, target: str, path: str, params: dict[str, str]
-    ) -> tuple[int, bytes]:
-        if target == "unknown":
-            return 404, _error_body("not_found", f"Not found: {path}")
-        if target == "views":
-            return 200, json.dumps({"id": fake.dataset_id, "rowsUpdatedAt": fake.rows_updated_at}).encode()
-        unsupported = sorted(k for k in params if k.startswith("$") and k not in _SUPPORTED_PARAMS)
+    def _real_response(self, fake: FakeSocrata, request: RecordedRequest) -> tuple[int, bytes]:
+        if request.target == "views":
+            return 200, json.dumps(fake.view_document()).encode()
+        if request.protocol == "soda3" and not fake.soda3:
+            return 404, _error_body("not_found", f"Not found: {request.path}")
+        if request.protocol == "soda3" and not request.headers.get("X-App-Token"):
+            return 403, _error_body("authentication_required", "SODA3 requests need an app token or authentication")
+        if request.protocol is None:
+            return 404, _error_body("not_found", f"Not found: {request.path}")
         try:
-            if unsupported:
-                raise _BadRequest(f"the fake server does not support {', '.join(unsupported)}")
-            if target == "count":
-                select = params["$select"].replace(" ", "").lower()
-                if select != "count(*)":
-                    raise _BadRequest(f"the fake server only supports $select=count(*), got {params['$select']!r}")
-                return 200, fake._count_body()
-            return 200, fake._page_body(params)
+            return 200, fake._soda2(request) if request.protocol == "soda2" else fake._soda3(request)
         except _BadRequest as exc:
             return 400, _error_body("query.compiler.malformed", str(exc))
 
@@ -461,12 +575,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.end_headers()
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+    def _send(self, request: RecordedRequest, status: int, body: bytes, headers: dict[str, str]) -> None:
+        size = len(body)
         if self.fake.compress and "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             headers = {**headers, "Content-Encoding": "gzip"}
         self._send_headers(status, len(body), headers)
         self.wfile.write(body)
+        if self.fake.on_response is not None:
+            self.fake.on_response(request, status, size)
 
     def _reset(self) -> None:
         """Abort the connection with RST (SO_LINGER 0), like a dropped load balancer."""
