@@ -186,11 +186,11 @@ def test_server_caps_limit_below_page_size(rows: list[dict[str, Any]]) -> None:
     assert sorted(offsets(server)) == [0, 70, 140, 200, 270, 340, 400]
 
 
-@pytest.mark.parametrize("known_count", [False, True], ids=["counted", "count-unusable"])
-def test_soda3_pages_smaller_than_asked_are_refused_not_misplaced(rows: list[dict[str, Any]], known_count: bool) -> None:
+@pytest.mark.parametrize("count_fails", [False, True], ids=["counted", "count-unusable"])
+def test_soda3_pages_smaller_than_asked_are_refused_not_misplaced(rows: list[dict[str, Any]], count_fails: bool) -> None:
     """SODA3 numbers pages in the size the server serves: pages of 70 for pageSize 100 cannot be placed."""
     with FakeSocrata(rows, soda3_page_cap=70) as server:
-        if known_count:
+        if count_fails:
             server.faults.append(Fault.error(400, where="count"))
         with pytest.raises(SocrataError) as info:
             make_client(server, "soda3", page_size=100, max_workers=1).fetch_all()
@@ -1196,7 +1196,9 @@ def test_a_domain_without_soda3_falls_back_to_soda2_once_per_run(
 
 
 def test_concurrent_pages_fall_back_together_and_log_it_once(rows: list[dict[str, Any]], captured_logs: _Captured) -> None:
-    with FakeSocrata(rows, soda3=False, latency_s=0.05) as server:
+    """With the count known, the first queries are concurrent pages: they fall back together, and
+    then page as SODA2 does (here continuing pages a 2.0 endpoint capped at 70 rows)."""
+    with FakeSocrata(rows, soda3=False, latency_s=0.05, max_limit=70) as server:
         extract = make_client(server, "soda3", page_size=100, max_workers=4).fetch_all(known_count=450)
     assert records(extract) == rows
     assert 1 <= len([r for r in server.requests if r.protocol == "soda3"]) <= 4  # the first window at most

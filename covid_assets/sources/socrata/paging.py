@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Optional
 
@@ -69,6 +70,7 @@ class PagePlan:
         self.protocols = protocols
         self.settings = settings
         self.progress = progress
+        self.started = time.monotonic()
         self.lock = threading.Lock()
         self.cancelled = exchange.cancelled
         self.pages_requested = self.rows = 0
@@ -91,8 +93,11 @@ class PagePlan:
         """The largest count(*) the plan accepts: what MAX_PAGES full pages hold."""
         return MAX_PAGES * self.settings.page_size
 
-    def stats(self, rows: int, elapsed_s: float) -> FetchStats:
+    def stats(self, rows: int | None = None, elapsed_s: float | None = None) -> FetchStats:
+        """What the fetch cost so far: by default the rows received and the time since the plan was made."""
         ex = self.exchange
+        rows = self.rows if rows is None else rows
+        elapsed_s = time.monotonic() - self.started if elapsed_s is None else elapsed_s
         return FetchStats(rows, self.pages_requested, ex.requests, ex.retries, ex.bytes, round(elapsed_s, 3))
 
     def error(self, message: str, **kw: Any) -> SocrataError:
@@ -212,7 +217,6 @@ class PagePlan:
         A short page only ends the chunk early when it reaches the count.
         """
         assert self.total is not None
-        fixed = self.protocols.current.fixed_pages
         tables: list[pa.Table] = []
         pos = start
         while pos < end and not self.cancelled.is_set():
@@ -229,7 +233,8 @@ class PagePlan:
             pos += n
             if n < limit and pos >= self.total:
                 break  # the end of the data the count promised
-            if n < limit and fixed:
+            # Read after the page: a run's first pages may have just fallen back from SODA3 to SODA2.
+            if n < limit and self.protocols.current.fixed_pages:
                 self.require_end(end)  # SODA3 cannot continue a numbered page in the middle
                 break  # fewer rows than counted; pages() reports it
         return tables, pos >= end
