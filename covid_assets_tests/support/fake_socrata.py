@@ -350,16 +350,17 @@ class FakeSocrata:
         with self._lock:
             encoded = self._encoded
         if ordered:
-            chosen = list(enumerate(encoded[offset : offset + limit], start=offset))
+            picked: Iterable[int] = range(offset, min(offset + limit, len(encoded)))
+            chosen = encoded[offset : offset + limit]
         else:
             # Socrata gives no order guarantee without an order: each page is drawn
             # from its own deterministic shuffle, so pages overlap and miss rows.
             rng = random.Random(offset * 7919 + limit)
             picked = rng.sample(range(len(encoded)), k=max(0, min(limit, len(encoded) - offset)))
-            chosen = [(i, encoded[i]) for i in picked]
+            chosen = [encoded[i] for i in picked]
         if synthetic:  # system fields, as Socrata adds them unless includeSynthetic is false
-            chosen = [(i, _with_id(row, i)) for i, row in chosen]
-        return b"[" + b"\n,".join(row for _, row in chosen) + b"]\n"
+            chosen = [_with_id(row, i) for i, row in zip(picked, chosen)]
+        return b"[" + b"\n,".join(chosen) + b"]\n"
 
     def _count_body(self) -> bytes:
         return json.dumps([{"count": str(self.row_count)}]).encode()

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -87,7 +87,7 @@ _READ_CHUNK = 1024 * 1024  # bytes per body read: few Python round trips for a 1
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = "covid-assets/0.1 (python-requests; Socrata dataset sync)"
 
-Origin = tuple[str, str, "int | None"]
+Origin = tuple[str, str, Optional[int]]
 
 
 class HttpSettings(Protocol):

@@ -98,7 +98,7 @@ class SocrataSource(dg.ConfigurableResource):
         """The run's target (read at run start); outside a run, the environment as it is now."""
         return self._target or SocrataTarget.from_env()
 
-    def protocols(self, target: SocrataTarget) -> ProtocolChoice:
+    def protocol_choice(self, target: SocrataTarget) -> ProtocolChoice:
         """The protocol choice of the run (one per target outside a run): a fallback happens once."""
         if self._protocols is None or self._protocols.target != target:
             self._protocols = ProtocolChoice(target)
@@ -108,7 +108,7 @@ class SocrataSource(dg.ConfigurableResource):
         """A client of the target; `overrides` (knob = value) are validated like the config itself."""
         settings = type(self).model_validate({**self.model_dump(), **overrides}) if overrides else self
         target = self.target
-        return SocrataClient(target, settings, required_columns=required_columns, protocols=self.protocols(target))
+        return SocrataClient(target, settings, required_columns=required_columns, protocols=self.protocol_choice(target))
 
     def signature(self, deadline_s: float | None = None) -> SourceSignature | None:
         """What the API says about the data now (None for a local file: its content is the evidence).
@@ -126,7 +126,8 @@ class SocrataSource(dg.ConfigurableResource):
         return self.client(**overrides).signature()
 
     def metadata(self) -> ViewMetadata:
-        """The dataset's view metadata from the API (its columns, their types and descriptions)."""
+        """The dataset's view metadata from the API (its columns, their types and descriptions), also
+        when the rows come from an export file: it describes the dataset, not the delivery."""
         return self.client().metadata()
 
     def extract(self, progress: ProgressFn | None = None, known_count: int | None = None) -> Extract:
