@@ -8,7 +8,7 @@ queried without synthetic fields do not carry them. The ``rows.json`` export of 
 the same document under ``meta.view``.
 
 :func:`parse_view` reads it into a :class:`ViewMetadata`; :func:`column_types` maps each data
-column to a warehouse type (:data:`SOCRATA_TYPES`; an unknown type stays ``TEXT``, with a
+column to a warehouse type (:data:`WAREHOUSE_TYPE_OF`; an unknown type stays ``TEXT``, with a
 note), with per-column overrides from a declaration (e.g. ``number`` to ``BIGINT``).
 
 The document is the source's text, so it is bounded: at most :data:`MAX_COLUMNS` columns and
@@ -30,7 +30,7 @@ __all__ = [
     "MAX_DESCRIPTION",
     "MAX_FIELD_NAME",
     "MAX_METADATA_BYTES",
-    "SOCRATA_TYPES",
+    "WAREHOUSE_TYPE_OF",
     "WAREHOUSE_TYPES",
     "ColumnType",
     "SourceColumn",
@@ -55,7 +55,7 @@ WAREHOUSE_TYPES: tuple[WarehouseType, ...] = get_args(WarehouseType)
 
 # Socrata dataTypeName -> warehouse type (https://dev.socrata.com/docs/datatypes, and the older
 # names view metadata still uses). Geometry and the url object arrive as JSON objects: JSONB.
-SOCRATA_TYPES: dict[str, WarehouseType] = {
+WAREHOUSE_TYPE_OF: dict[str, WarehouseType] = {
     "text": "TEXT",
     "number": "NUMERIC",  # exact; a declaration may say BIGINT or DOUBLE PRECISION
     "double": "DOUBLE PRECISION",
@@ -195,11 +195,11 @@ def warehouse_type(data_type: str, override: str | None = None, column: str | No
             raise SocrataError(
                 f"unknown column type {clip(override, 40)!r}{where}: expected one of {', '.join(WAREHOUSE_TYPES)}"
             )
-        derived = SOCRATA_TYPES.get(data_type, "TEXT")
+        derived = WAREHOUSE_TYPE_OF.get(data_type, "TEXT")
         note = None if declared == derived else f"declared {declared} (the metadata's {data_type or 'missing type'} maps to {derived})"
         return declared, note  # type: ignore[return-value]
-    if data_type in SOCRATA_TYPES:
-        return SOCRATA_TYPES[data_type], None
+    if data_type in WAREHOUSE_TYPE_OF:
+        return WAREHOUSE_TYPE_OF[data_type], None
     shown = f"Socrata type {data_type!r}" if data_type else "no Socrata type"
     return "TEXT", f"{shown} is not one this platform maps: kept as TEXT, the values as delivered"
 
