@@ -14,7 +14,6 @@ webhook URL) and the password of any URL. Error text is cut to its first line, 3
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
+from covid_assets.network import is_loopback
 
 WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
 SMTP_ENV = {
@@ -203,21 +203,12 @@ class Email:
 
     def _deliver(self, smtp: smtplib.SMTP, message: EmailMessage, encrypted: bool) -> None:
         if self.user:
-            if not encrypted and not _is_loopback(self.host):
+            if not encrypted and not is_loopback(self.host):
                 raise ChannelError(
                     f"SMTP {self.host}:{self.port} offers no STARTTLS: refusing to send the password unencrypted"
                 )
             smtp.login(self.user, self.password or "")
         smtp.send_message(message)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def channels_from_env(environ: Mapping[str, str] | None = None) -> tuple[list[Channel], list[str]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import socket
@@ -44,6 +43,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
+from covid_assets.network import is_loopback
 from covid_assets.sources.socrata.errors import SocrataError, clip, clip_body
 
 if TYPE_CHECKING:
@@ -147,15 +147,6 @@ def origin_text(origin: Origin) -> str:
     return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS.get(scheme) else f":{port}")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_origin(base_url: str, has_token: bool, setting: str = "base_url") -> Origin:
     """The origin of `base_url`, refused unless it is an http(s) URL with a host, and (with a
     token) https or loopback: the token must not cross the network in clear text."""
@@ -167,7 +158,7 @@ def check_origin(base_url: str, has_token: bool, setting: str = "base_url") -> O
         raise SocrataError(f"{setting} is not a valid URL ({exc}): {clip(base_url)!r}") from None
     if not origin[1]:
         raise SocrataError(f"{setting} has no host: {clip(base_url)!r}")
-    if has_token and origin[0] == "http" and not _is_loopback(origin[1]):
+    if has_token and origin[0] == "http" and not is_loopback(origin[1]):
         raise SocrataError(
             f"refusing to send the app token over plain http to {origin[1]}: use an https:// {setting} "
             "(plain http with a token is allowed only for a loopback host: localhost, 127.0.0.0/8, ::1)"
