@@ -29,6 +29,8 @@ from covid_assets_tests.helpers import (
 
 RAW_OP = RAW_ASSET_KEY.to_python_identifier()
 
+pytestmark = pytest.mark.slow  # many cases on a real Postgres: `./dev test` runs them, `./dev test-fast` does not
+
 
 @pytest.fixture(scope="module")
 def snapshot() -> pd.DataFrame:

@@ -54,7 +54,7 @@ from covid_assets_tests.helpers import (
     table_fingerprints,
 )
 
-pytestmark = pytest.mark.timeout(180, method="thread")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180, method="thread")]
 
 STATES = ("AK", "AL", "CA", "WY")  # 4,213 rows: five pages of 1,000
 GROWTH_STATE = "CO"  # the refresh that adds a jurisdiction (growth passes the shrink guard)
@@ -761,7 +761,6 @@ def killed_mid_base_write(
     drop_database(postgres_server_url, name)
 
 
-@pytest.mark.slow
 def test_sigkill_in_the_base_write_loses_nothing(killed_mid_base_write: Died, grown_rows: list[dict[str, str]], tmp_path: Path) -> None:
     died = killed_mid_base_write
     assert f"exit code {-signal.SIGKILL};" in died.message, died.message

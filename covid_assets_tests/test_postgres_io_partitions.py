@@ -43,6 +43,8 @@ from covid_assets_tests.helpers import deployment, materialize_on, query
 
 DATE = pd.ArrowDtype(pa.date32())
 
+pytestmark = pytest.mark.slow  # many cases on a real Postgres: `./dev test` runs them, `./dev test-fast` does not
+
 
 # ------------------------------------------------------------------------------- the reproduction
 def daily_day_asset(values: dict[str, str], primary_key: list[str] | None = None):
