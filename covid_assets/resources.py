@@ -8,9 +8,9 @@ them. What is config here are bounded tuning knobs, with defaults a deployment c
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+from covid_assets.settings import env_knobs
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets.storage.warehouse import WarehouseResource
@@ -29,19 +29,8 @@ WAREHOUSE_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
-def knobs_from_env(knobs: Mapping[str, tuple[str, Callable[[str], object]]]) -> dict[str, object]:
-    values = {}
-    for name, (variable, convert) in knobs.items():
-        if raw := os.getenv(variable, "").strip():
-            try:
-                values[name] = convert(raw)
-            except ValueError:
-                raise ValueError(f"{variable}={raw!r} is not a valid {convert.__name__}") from None
-    return values
-
-
 def build_resources() -> dict[str, object]:
     return {
-        **warehouse_resources(WarehouseResource(**knobs_from_env(WAREHOUSE_KNOBS))),
-        "socrata": SocrataSource(**knobs_from_env(SOCRATA_KNOBS)),
+        **warehouse_resources(WarehouseResource(**env_knobs(WAREHOUSE_KNOBS))),
+        "socrata": SocrataSource(**env_knobs(SOCRATA_KNOBS)),
     }

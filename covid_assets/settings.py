@@ -7,7 +7,7 @@ and secrets are read by the resources themselves (see resources.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -33,3 +33,15 @@ def env_flag(name: str, default: bool = True, environ: Mapping[str, str] | None 
     """On unless the variable says 0/false/no/off (any case); unset or empty = `default`."""
     raw = (os.environ if environ is None else environ).get(name, "").strip().lower()
     return default if not raw else raw not in FALSE_WORDS
+
+
+def env_knobs(knobs: Mapping[str, tuple[str, Callable[[str], object]]]) -> dict[str, object]:
+    """Resource knob -> its variable, converted; unset or empty variables are left out (the default holds)."""
+    values = {}
+    for name, (variable, convert) in knobs.items():
+        if raw := os.getenv(variable, "").strip():
+            try:
+                values[name] = convert(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a valid {convert.__name__}") from None
+    return values

@@ -16,8 +16,8 @@ from covid_assets.storage.embedded import (
     EmbeddedPostgresError,
     start_embedded_postgres,
     stop_embedded_postgres,
-    warehouse_url,
 )
+from covid_assets.storage.warehouse import resolve_database_url
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_starts_once_and_is_reused_by_other_processes(data_dir: Path) -> None:
 def test_covid_db_url_wins_over_the_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("COVID_DB_URL", "postgresql://analyst@db.example/warehouse")
     monkeypatch.setenv("COVID_PGDATA", str(tmp_path / "never-created"))
-    assert warehouse_url() == "postgresql://analyst@db.example/warehouse"
+    assert resolve_database_url() == "postgresql://analyst@db.example/warehouse"
     assert not (tmp_path / "never-created").exists()
 
 

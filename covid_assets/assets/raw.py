@@ -209,7 +209,7 @@ def holds_last_load(warehouse: WarehouseResource, last_load: LastLoad) -> bool:
     """The base table still has the rows of the last load, and no table of it has been dropped."""
     if warehouse.row_count(*BASE_ASSET_KEY.path) != last_load.base_rows:
         return False
-    return all(warehouse.table_exists(*key.path) for key in TABLE_ASSET_KEYS if key != BASE_ASSET_KEY)
+    return not warehouse.missing_tables([tuple(key.path) for key in TABLE_ASSET_KEYS if key != BASE_ASSET_KEY])
 
 
 def read_stored_base(warehouse: WarehouseResource) -> StoredTable | None:

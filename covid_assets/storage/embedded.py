@@ -1,7 +1,7 @@
 """The zero-setup warehouse: a Postgres server started from the `pgserver` wheel.
 
 When `COVID_DB_URL` is unset, every process of a run (and `dagster dev`) calls
-`warehouse_url()`; the first one starts the server, the others find it running in the
+`storage.warehouse.resolve_database_url()`; the first one starts the server, the others find it running in the
 same data directory and reuse it. The server outlives the process so that the next run,
 `dagster dev` and psql all see the same tables.
 
@@ -70,11 +70,6 @@ def _refuse_a_shared_socket(data_dir: Path) -> None:
         )
 
 
-def warehouse_url() -> str:
-    """The warehouse to use: the configured one (`COVID_DB_URL` or `COVID_DB_HOST`...), else the embedded server."""
-    from covid_assets.storage.warehouse import resolve_database_url  # that module imports this one
-
-    return resolve_database_url()
 
 
 def _create_database_if_missing(admin_url: str, database: str) -> None:
@@ -108,7 +103,9 @@ def main(argv: list[str]) -> int:
     """`python -m covid_assets.storage.embedded [url|stop|dir]`: for psql and for tidying up."""
     command = argv[0] if argv else "url"
     if command == "url":
-        print(warehouse_url())
+        from covid_assets.storage.warehouse import resolve_database_url  # that module imports this one
+
+        print(resolve_database_url())
     elif command == "stop":
         print("stopped" if stop_embedded_postgres() else "not running")
     elif command == "dir":

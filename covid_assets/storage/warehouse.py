@@ -259,8 +259,13 @@ class WarehouseResource(ConfigurableResource):
         return {tuple(key): count for *key, count in self.query(statement)}
 
     def table_exists(self, schema: str, table: str) -> bool:
-        name = sql.Identifier(schema, table).as_string()
-        return bool(self.query("SELECT to_regclass($1) IS NOT NULL", (name,))[0][0])
+        return not self.missing_tables([(schema, table)])
+
+    def missing_tables(self, tables: Sequence[tuple[str, str]]) -> list[str]:
+        """Which of the (schema, table) pairs do not exist, asked in one statement."""
+        names = sql.SQL(", ").join(sql.SQL("({})").format(sql.Literal(sql.Identifier(*pair).as_string())) for pair in tables)
+        statement = sql.SQL("SELECT name FROM (VALUES {}) AS t(name) WHERE to_regclass(name) IS NULL").format(names)
+        return [name for (name,) in self.query(statement)]
 
 
 @contextmanager
