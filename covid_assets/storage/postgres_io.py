@@ -64,7 +64,7 @@ from covid_assets.storage.warehouse import WarehouseResource
 PRIMARY_KEY_METADATA = "primary_key"
 COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
 PREVIEW_ROWS = 10
-# Up to this many keys are deleted in one statement (literals); more are staged in a temporary table.
+# Up to this many keys are deleted in one statement (one JSON literal); more are staged in a temporary table.
 LITERAL_DELETE_LIMIT = 500
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 MAX_COLUMNS = 1_600
@@ -244,7 +244,7 @@ def merge_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.T
 def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Table, primary_key: list[str]) -> None:
     """Delete the rows with these keys, by the key index.
 
-    A few keys (a partition's revisions) go in one statement as literals; many (a daily refresh
+    A few keys (a partition's revisions) go in one statement, as one JSON literal; many (a daily refresh
     of a whole table) are staged in a temporary table that is ANALYZEd, else the planner would
     guess a hash join over the whole table.
     """
