@@ -19,14 +19,14 @@ from dagster import (
 from psycopg import sql
 
 from covid_assets.assets.parsing import OUTCOMES, STATE_FIPS
-from covid_assets.assets.tables import BASE_ASSET_KEY, PRIMARY_KEY, RAW_ASSET_KEY, SCHEMA, SUMMARY_PRIMARY_KEYS
+from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, RAW_ASSET_KEY, SPEC_BY_KEY, SUMMARIES
 from covid_assets.storage.warehouse import WarehouseResource
 
 EARLIEST_DATE = dt.date(2020, 1, 1)
 RAGGED_LAG_DAYS = 14
 # USPS codes of the states, DC, territories and freely associated states.
 KNOWN_JURISDICTIONS = frozenset(STATE_FIPS)
-BASE_TABLE = sql.Identifier(*BASE_ASSET_KEY.path)
+BASE_TABLE = sql.Identifier(BASE.schema, BASE.name)
 
 BLOCKING_CHECKS = {
     "primary_key_unique_and_not_null": "Every (state, overall_outcome, date) appears once, with no NULL part.",
@@ -69,7 +69,7 @@ def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseR
         "count(*) FILTER (WHERE date < {} OR date > current_date), min(date), max(date) FROM {table}",
         _values(OUTCOMES), EARLIEST_DATE,
     )
-    (duplicates,) = warehouse.query(repeated_key_rows(BASE_TABLE, PRIMARY_KEY))[0]
+    (duplicates,) = warehouse.query(repeated_key_rows(BASE_TABLE, BASE.key))[0]
     yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
                   duplicate_keys=duplicates, null_keys=null_keys)
     yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
@@ -117,11 +117,11 @@ SUMMARY_TOTAL_QUERIES = {
 
 
 def _summary_specs() -> Iterator[AssetCheckSpec]:
-    for name, key in SUMMARY_PRIMARY_KEYS.items():
-        asset = AssetKey([SCHEMA, name])
+    for spec in SUMMARIES:
+        asset = spec.asset_key
         yield AssetCheckSpec("not_empty", asset=asset, description="The table has at least one row.")
-        yield AssetCheckSpec("key_unique", asset=asset, description=f"({', '.join(key)}) identifies one row.")
-        if name in SUMMARY_TOTAL_QUERIES:
+        yield AssetCheckSpec("key_unique", asset=asset, description=f"({', '.join(spec.key)}) identifies one row.")
+        if spec.name in SUMMARY_TOTAL_QUERIES:
             yield AssetCheckSpec(
                 "reconciles_with_base", asset=asset, additional_deps=[BASE_ASSET_KEY],
                 description="Its total number of results equals the base table's sum of new_results_reported.",
@@ -132,16 +132,16 @@ def _summary_specs() -> Iterator[AssetCheckSpec]:
 def summary_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
     (base_total,) = warehouse.query(sql.SQL("SELECT coalesce(sum(new_results_reported), 0)::bigint FROM {}").format(BASE_TABLE))[0]
     for check_key in context.selected_asset_check_keys:
-        name = check_key.asset_key.path[-1]
-        table = sql.Identifier(SCHEMA, name)
+        spec = SPEC_BY_KEY[check_key.asset_key]
+        table = sql.Identifier(spec.schema, spec.name)
         if check_key.name == "not_empty":
             (rows,) = warehouse.query(sql.SQL("SELECT count(*) FROM {}").format(table))[0]
             yield _result("not_empty", rows > 0, asset_key=check_key.asset_key, row_count=rows)
         elif check_key.name == "key_unique":
-            (duplicates,) = warehouse.query(repeated_key_rows(table, SUMMARY_PRIMARY_KEYS[name]))[0]
+            (duplicates,) = warehouse.query(repeated_key_rows(table, spec.key))[0]
             yield _result("key_unique", duplicates == 0, asset_key=check_key.asset_key, duplicate_keys=duplicates)
         else:
-            (total,) = warehouse.query(sql.SQL(SUMMARY_TOTAL_QUERIES[name]).format(table=table))[0]
+            (total,) = warehouse.query(sql.SQL(SUMMARY_TOTAL_QUERIES[spec.name]).format(table=table))[0]
             total = total or 0
             yield AssetCheckResult(
                 asset_key=check_key.asset_key, check_name="reconciles_with_base", passed=total == base_total,

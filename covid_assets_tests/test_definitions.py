@@ -107,25 +107,10 @@ def test_every_table_has_a_description_group_owner_kinds_and_column_docs() -> No
 
 
 def test_column_docs_and_lineage_cover_every_summary_column() -> None:
-    from covid_assets.assets.catalog import SUMMARY_COLUMNS
-    from covid_assets.assets.summary_frames import (
-        OUTCOME_RESULTS_DTYPES,
-        RECENT_POSITIVITY_RESULTS_DTYPES,
-        SMOOTHED_RESULTS_DTYPES,
-        STATE_RESULTS_DTYPES,
-        TOTAL_RESULTS_DTYPES,
-    )
+    from covid_assets.assets.tables import SUMMARIES
 
-    produced = {
-        "outcome_results": OUTCOME_RESULTS_DTYPES,
-        "state_results": STATE_RESULTS_DTYPES,
-        "smoothed_results": SMOOTHED_RESULTS_DTYPES,
-        "total_results": TOTAL_RESULTS_DTYPES,
-        "recent_positivity_results": RECENT_POSITIVITY_RESULTS_DTYPES,
-    }
-    assert {table: list(columns) for table, columns in SUMMARY_COLUMNS.items()} == {
-        table: list(dtypes) for table, dtypes in produced.items()
-    }
+    for spec in SUMMARIES:
+        assert [column.name for column in spec.columns if column.description and column.lineage] == spec.column_names, spec.name
 
 
 def test_daily_schedule_defaults(monkeypatch: pytest.MonkeyPatch, load_definitions) -> None:

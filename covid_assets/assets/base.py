@@ -3,23 +3,18 @@
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Failure, MetadataValue, asset
 
-from covid_assets.assets.catalog import OWNERS, column_descriptions
 from covid_assets.assets.parsing import BASE_COLUMNS, InvalidRowsError, type_test_results
-from covid_assets.assets.tables import BASE_ASSET_KEY, PRIMARY_KEY, RAW_ASSET_KEY
+from covid_assets.assets.tables import BASE, OWNERS, RAW_ASSET_KEY, definition_metadata
 
 
 @asset(
-    key=BASE_ASSET_KEY,
+    key=BASE.asset_key,
     ins={"raw": AssetIn(key=RAW_ASSET_KEY, metadata={"columns": BASE_COLUMNS})},
-    metadata={"primary_key": PRIMARY_KEY, "column_descriptions": column_descriptions(BASE_ASSET_KEY.path[-1])},
+    metadata=definition_metadata(BASE),
     owners=OWNERS,
     group_name="warehouse",
     kinds={"pandas", "postgres"},
-    description=(
-        "One row per jurisdiction, test outcome and day: how many PCR results were reported that day "
-        "(`new_results_reported`, negative when a state revised its history) and the cumulative count "
-        "(`total_results_reported`). Typed, checked, and unique on (state, overall_outcome, date)."
-    ),
+    description=BASE.description,
 )
 def covid_test_results(context: AssetExecutionContext, raw: pd.DataFrame) -> pd.DataFrame:
     try:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
-from covid_assets.assets.tables import PRIMARY_KEY
+from covid_assets.assets.tables import BASE, PRIMARY_KEY
 
 OUTCOMES = ("Positive", "Negative", "Inconclusive")
-TEXT_COLUMNS = ["state", "state_name", "state_fips", "fema_region", "overall_outcome"]
-COUNT_COLUMNS = ["new_results_reported", "total_results_reported"]
-BASE_COLUMNS = [*TEXT_COLUMNS, "date", *COUNT_COLUMNS]
+# The base table's columns by type (its spec's order), all read from the raw columns of the same names.
+TEXT_COLUMNS = BASE.names_of_type("TEXT")
+COUNT_COLUMNS = BASE.names_of_type("BIGINT")
+BASE_COLUMNS = BASE.column_names
 DATE_DTYPE = pd.ArrowDtype(pa.date32())
 MAX_REPORTED_BAD_ROWS = 5
 COUNT_DIGITS = 12

@@ -50,10 +50,18 @@ from dagster import (
 )
 from pydantic import Field
 
-from covid_assets.assets.catalog import OWNERS, column_descriptions
 from covid_assets.assets.guards import ShrinkingSourceError, StoredTable, check_not_shrinking, content_hash
 from covid_assets.assets.parsing import InvalidRowsError, type_test_results
-from covid_assets.assets.tables import BASE_ASSET_KEY, RAW_ASSET_KEY, SERIES_KEY, SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import (
+    BASE_ASSET_KEY,
+    OWNERS,
+    RAW,
+    RAW_ASSET_KEY,
+    SERIES_KEY,
+    SOURCE_ASSET_KEY,
+    TABLE_ASSET_KEYS,
+    definition_metadata,
+)
 from covid_assets.freshness import confirmation_materializations
 from covid_assets.settings import env_float
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, Extract, SocrataError, SocrataSource, SourceSignature
@@ -115,16 +123,11 @@ class LastLoad:
     key=RAW_ASSET_KEY,
     deps=[SOURCE_ASSET_KEY],
     output_required=False,
-    metadata={"column_descriptions": column_descriptions(RAW_ASSET_KEY.path[-1])},
+    metadata=definition_metadata(RAW),
     owners=OWNERS,
     group_name="ingestion",
     kinds={"socrata", "pandas", "postgres"},
-    description=(
-        "Every row of the HHS COVID-19 PCR testing time series (healthdata.gov j8mb-icvb) exactly as "
-        "delivered: the eight source columns as strings, any other columns the source sends in `extra_columns` "
-        "(JSON), and `fetched_at`, which says "
-        "when the full refresh fetched them."
-    ),
+    description=RAW.description,
 )
 def raw_covid_test_results(
     context: AssetExecutionContext, config: RawFetchConfig, socrata: SocrataSource, warehouse: WarehouseResource

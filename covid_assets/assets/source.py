@@ -25,8 +25,7 @@ from dagster import (
     multi_observable_source_asset,
 )
 
-from covid_assets.assets.catalog import OWNERS
-from covid_assets.assets.tables import SOURCE_ASSET_KEY
+from covid_assets.assets.tables import OWNERS, SOURCE_ASSET_KEY
 from covid_assets.freshness import SOURCE_STALENESS_CHECK, source_stale_days, source_staleness
 from covid_assets.sources.socrata import SocrataSource
 

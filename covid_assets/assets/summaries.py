@@ -1,14 +1,24 @@
 """The five reporting tables analysts query (`SELECT * FROM covid_19.state_results;`).
 
 Each asset is a thin wrapper: the arithmetic lives in `summary_frames.py` as plain pandas
-functions, pinned by hand-computed tests.
+functions, pinned by hand-computed tests; the table (key, description, columns, lineage) is
+described by its spec in `tables.py`.
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, AssetKey, Config, asset
+from dagster import AssetExecutionContext, AssetIn, Config, asset
 
-from covid_assets.assets.catalog import OWNERS, column_descriptions, column_lineage
-from covid_assets.assets.tables import BASE_ASSET_KEY, SCHEMA, SUMMARY_PRIMARY_KEYS
+from covid_assets.assets.tables import (
+    BASE_ASSET_KEY,
+    OUTCOME_RESULTS,
+    OWNERS,
+    RECENT_POSITIVITY_RESULTS,
+    SMOOTHED_RESULTS,
+    STATE_RESULTS,
+    SPEC_BY_KEY,
+    TOTAL_RESULTS,
+    definition_metadata,
+)
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -16,61 +26,48 @@ from covid_assets.assets.summary_frames import (
     build_state_results,
     build_total_results,
 )
+from covid_assets.datasets.table_spec import TableSpec
 
 
-def summary_asset(name: str, description: str):
-    """The shared decorator: a `covid_19.<name>` table computed from the base table."""
+
+def summary_asset(spec: TableSpec):
+    """The shared decorator: the table `spec` describes, computed from the base table."""
     return asset(
-        key=AssetKey([SCHEMA, name]),
+        key=spec.asset_key,
         ins={"base": AssetIn(key=BASE_ASSET_KEY)},
-        metadata={"primary_key": SUMMARY_PRIMARY_KEYS[name], "column_descriptions": column_descriptions(name)},
+        metadata=definition_metadata(spec),
         owners=OWNERS,
         group_name="reporting",
         kinds={"pandas", "postgres"},
-        description=description,
+        description=spec.description,
     )
 
 
 def publish(context: AssetExecutionContext, frame: pd.DataFrame, **figures: object) -> pd.DataFrame:
-    """Attach column-level lineage (and any figures worth plotting) to the materialization."""
-    context.add_output_metadata({"dagster/column_lineage": column_lineage(context.asset_key.path[-1]), **figures})
+    """Attach the column-level lineage of the table's spec (and any figures worth plotting) to the materialization."""
+    lineage = SPEC_BY_KEY[context.asset_key].column_lineage(BASE_ASSET_KEY)
+    context.add_output_metadata({"dagster/column_lineage": lineage, **figures})
     return frame
 
 
-@summary_asset(
-    "outcome_results",
-    "How many PCR results of each outcome have been reported in total, and what share of all results is "
-    "positive, negative or inconclusive? One row per outcome, largest first.",
-)
+@summary_asset(OUTCOME_RESULTS)
 def outcome_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
     return publish(context, build_outcome_results(base))
 
 
-@summary_asset(
-    "state_results",
-    "How many positive, negative and inconclusive tests has each jurisdiction reported over the whole "
-    "series, and what is its overall positivity rate? One row per jurisdiction, by state code.",
-)
+@summary_asset(STATE_RESULTS)
 def state_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
     return publish(context, build_state_results(base))
 
 
-@summary_asset(
-    "smoothed_results",
-    "What does the national testing curve look like day by day? Results per outcome for every calendar "
-    "day, their 7-day trailing means and the 7-day positivity rate, for plotting trends without weekday noise.",
-)
+@summary_asset(SMOOTHED_RESULTS)
 def smoothed_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
     frame = build_smoothed_results(base)
     latest = frame["smoothed_positivity_rate"].dropna()
     return publish(context, frame, latest_7day_positivity_pct=float(latest.iloc[-1]) if len(latest) else None)
 
 
-@summary_asset(
-    "total_results",
-    "Where does each jurisdiction's cumulative count stand? Its latest reporting date and the cumulative "
-    "results per outcome as of that outcome's most recent row, one labelled row per jurisdiction.",
-)
+@summary_asset(TOTAL_RESULTS)
 def total_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
     return publish(context, build_total_results(base))
 
@@ -80,11 +77,7 @@ class RecentPositivityConfig(Config):
     window_days: int = 30
 
 
-@summary_asset(
-    "recent_positivity_results",
-    "Which jurisdictions had the highest positivity recently? The top 10 over the 30 days ending on the "
-    "data's latest date (the dataset is no longer updated, so the window is anchored on the data, not today).",
-)
+@summary_asset(RECENT_POSITIVITY_RESULTS)
 def recent_positivity_results(
     context: AssetExecutionContext, base: pd.DataFrame, config: RecentPositivityConfig
 ) -> pd.DataFrame:

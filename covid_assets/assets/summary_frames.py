@@ -1,8 +1,9 @@
 """Summary tables derived from the base PCR testing table, as pure pandas functions.
 
 They are kept free of Dagster and of the database so that their semantics can be pinned by
-small hand-computed tests. Every function takes the base frame (dtypes as in `BASE_DTYPES`)
-and returns a fresh frame with a RangeIndex, the columns and dtypes of its `*_DTYPES` dict.
+small hand-computed tests. Every function takes the base frame (dtypes as in
+`tables.BASE.pandas_dtypes`, as `parsing.type_test_results` returns it) and returns a fresh
+frame with a RangeIndex and the columns and dtypes of its table's spec (`tables.STATE_RESULTS.pandas_dtypes`, ...).
 
 Rates and means are rounded to 2 decimals HALF AWAY FROM ZERO, like Postgres
 `round(numeric, 2)`, and the rounding is done in exact integer arithmetic (see `_rate`), so a
@@ -24,32 +25,16 @@ import pandas as pd
 import pyarrow as pa
 
 from covid_assets.assets.parsing import COUNT_COLUMNS, OUTCOMES
+from covid_assets.assets.tables import (
+    OUTCOME_RESULTS,
+    RECENT_POSITIVITY_RESULTS,
+    SMOOTHED_RESULTS,
+    STATE_RESULTS,
+    TOTAL_RESULTS,
+)
+from covid_assets.datasets.table_spec import TableSpec
 
-TEXT, DATE, COUNT, RATE = "string", pd.ArrowDtype(pa.date32()), "Int64", "float64"
-
-BASE_DTYPES = {
-    "state": TEXT, "state_name": TEXT, "state_fips": TEXT, "fema_region": TEXT,
-    "overall_outcome": TEXT, "date": DATE,
-    "new_results_reported": COUNT, "total_results_reported": COUNT,
-}
-OUTCOME_RESULTS_DTYPES = {"overall_outcome": TEXT, "total_results_reported": COUNT, "pct_of_results": RATE}
-STATE_RESULTS_DTYPES = {
-    "state": TEXT, "state_name": TEXT, "positive_tests": COUNT, "negative_tests": COUNT,
-    "inconclusive_tests": COUNT, "total_tests": COUNT, "positivity_rate": RATE,
-}
-SMOOTHED_RESULTS_DTYPES = {
-    "date": DATE, "positive_tests": COUNT, "negative_tests": COUNT, "inconclusive_tests": COUNT,
-    "smoothed_positive_tests": RATE, "smoothed_negative_tests": RATE,
-    "smoothed_inconclusive_tests": RATE, "smoothed_positivity_rate": RATE,
-}
-TOTAL_RESULTS_DTYPES = {
-    "state": TEXT, "state_name": TEXT, "latest_date": DATE, "positive_total": COUNT,
-    "negative_total": COUNT, "inconclusive_total": COUNT, "total_results_reported": COUNT,
-}
-RECENT_POSITIVITY_RESULTS_DTYPES = {
-    "rank": COUNT, "state": TEXT, "state_name": TEXT, "positive_tests": COUNT,
-    "total_tests": COUNT, "positivity_rate": RATE,
-}
+DATE, COUNT, RATE = pd.ArrowDtype(pa.date32()), "Int64", "float64"  # of the intermediate columns
 
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -90,8 +75,9 @@ def _require_exact_sums(base: pd.DataFrame) -> None:
             )
 
 
-def _typed(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
-    """Select and cast the output columns in order, with a fresh RangeIndex."""
+def _typed(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """Select and cast the spec's columns in order, with a fresh RangeIndex."""
+    dtypes = spec.pandas_dtypes
     return frame[list(dtypes)].astype(dtypes).reset_index(drop=True)
 
 
@@ -118,7 +104,7 @@ def build_outcome_results(base: pd.DataFrame) -> pd.DataFrame:
     out = totals.rename("total_results_reported").reset_index()
     out["pct_of_results"] = _rate(out["total_results_reported"], int(totals.sum()))
     out = out.sort_values(["total_results_reported", "overall_outcome"], ascending=[False, True])
-    return _typed(out, OUTCOME_RESULTS_DTYPES)
+    return _typed(out, OUTCOME_RESULTS)
 
 
 def build_state_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +123,7 @@ def build_state_results(base: pd.DataFrame) -> pd.DataFrame:
         "total_tests": counts.sum(axis=1),
     })
     out["positivity_rate"] = _rate(out["positive_tests"], out["total_tests"])
-    return _typed(out.rename_axis("state").reset_index(), STATE_RESULTS_DTYPES)
+    return _typed(out.rename_axis("state").reset_index(), STATE_RESULTS)
 
 
 def build_smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +150,7 @@ def build_smoothed_results(base: pd.DataFrame) -> pd.DataFrame:
     for outcome in OUTCOMES:
         out[f"smoothed_{outcome.lower()}_tests"] = _rate(week[outcome], 7, scale=1)
     out["smoothed_positivity_rate"] = _rate(week["Positive"], week.sum(axis=1, skipna=False))
-    return _typed(out.reset_index(), SMOOTHED_RESULTS_DTYPES)
+    return _typed(out.reset_index(), SMOOTHED_RESULTS)
 
 
 def build_total_results(base: pd.DataFrame) -> pd.DataFrame:
@@ -184,7 +170,7 @@ def build_total_results(base: pd.DataFrame) -> pd.DataFrame:
         "inconclusive_total": totals["Inconclusive"],
         "total_results_reported": totals.sum(axis=1),
     })
-    return _typed(out.rename_axis("state").reset_index(), TOTAL_RESULTS_DTYPES)
+    return _typed(out.rename_axis("state").reset_index(), TOTAL_RESULTS)
 
 
 def build_recent_positivity_results(
@@ -206,4 +192,4 @@ def build_recent_positivity_results(
     states = states[states["total_tests"] != 0]
     out = states.sort_values(["positivity_rate", "state"], ascending=[False, True]).head(top_n)
     out.insert(0, "rank", range(1, len(out) + 1))
-    return _typed(out, RECENT_POSITIVITY_RESULTS_DTYPES)
+    return _typed(out, RECENT_POSITIVITY_RESULTS)

@@ -1,23 +1,157 @@
-"""Names of the warehouse tables, shared by assets, checks and guards (key = [schema, table])."""
+"""The COVID pipeline's seven warehouse tables, each described once (key = [schema, table]).
+
+Each table is one `TableSpec`: its name, key, description and, per column, the Postgres type,
+what the column means and which base-table columns a summary column is computed from. The
+asset keys, primary keys, the typing rules' column lists, the summaries' pandas dtypes, the
+checks' keys, the Postgres types the IO manager creates and the column schema and lineage the
+UI shows are all derived from these specs.
+"""
+
+from __future__ import annotations
 
 from dagster import AssetKey
 
+from covid_assets.datasets.dataset_spec import raw_table_spec
+from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
+
 RAW_SCHEMA = "covid_19_raw"
 SCHEMA = "covid_19"
+OWNERS = ["team:data-platform"]
 # The published dataset itself, observed (never materialized): upstream of the raw table.
 SOURCE_ASSET_KEY = AssetKey(["socrata", "covid_pcr_testing_time_series"])
-RAW_ASSET_KEY = AssetKey([RAW_SCHEMA, "raw_covid_test_results"])
-BASE_ASSET_KEY = AssetKey([SCHEMA, "covid_test_results"])
-PRIMARY_KEY = ["state", "overall_outcome", "date"]
+
+BASE = TableSpec.build(
+    SCHEMA,
+    "covid_test_results",
+    [
+        ColumnSpec("state", "TEXT", "Two-letter USPS code of the jurisdiction (state, DC, territory)."),
+        ColumnSpec("state_name", "TEXT", "Name of the jurisdiction."),
+        ColumnSpec("state_fips", "TEXT", "Two-digit Census FIPS code, leading zero kept."),
+        ColumnSpec("fema_region", "TEXT", "FEMA region the jurisdiction belongs to, e.g. 'Region 4'."),
+        ColumnSpec("overall_outcome", "TEXT", "Test outcome: Positive, Negative or Inconclusive."),
+        ColumnSpec("date", "DATE", "Day the results were reported for."),
+        ColumnSpec("new_results_reported", "BIGINT", "Results with this outcome reported that day; negative when history was revised."),
+        ColumnSpec("total_results_reported", "BIGINT", "Cumulative results with this outcome up to and including that day."),
+    ],
+    key=["state", "overall_outcome", "date"],
+    description=(
+        "One row per jurisdiction, test outcome and day: how many PCR results were reported that day "
+        "(`new_results_reported`, negative when a state revised its history) and the cumulative count "
+        "(`total_results_reported`). Typed, checked, and unique on (state, overall_outcome, date)."
+    ),
+)
+
+RAW = raw_table_spec(
+    RAW_SCHEMA,
+    "raw_covid_test_results",
+    BASE,
+    description=(
+        "Every row of the HHS COVID-19 PCR testing time series (healthdata.gov j8mb-icvb) exactly as "
+        "delivered: the eight source columns as strings, any other columns the source sends in `extra_columns` "
+        "(JSON), and `fetched_at`, which says "
+        "when the full refresh fetched them."
+    ),
+)
+
+
+def _summary(name: str, key: str, description: str, *columns: tuple[str, str, str, tuple[str, ...]]) -> TableSpec:
+    """A `covid_19.<name>` table computed from the base table; each column is
+    (name, type, description, the base columns it is computed from)."""
+    return TableSpec.build(
+        SCHEMA,
+        name,
+        [ColumnSpec(column, type_, text, lineage=lineage) for column, type_, text, lineage in columns],
+        key=[key],
+        description=description,
+    )
+
+
+_COUNT = ("new_results_reported", "overall_outcome")
+_DAILY = (*_COUNT, "date")
+_TOTAL = ("total_results_reported", "overall_outcome", "date")
+_STATE = ("state", "TEXT", "Two-letter jurisdiction code.", ("state",))
+_STATE_NAME = ("state_name", "TEXT", "Name of the jurisdiction (from its latest row).", ("state_name", "date"))
+_RATE = "DOUBLE PRECISION"
+
+OUTCOME_RESULTS = _summary(
+    "outcome_results",
+    "overall_outcome",
+    "How many PCR results of each outcome have been reported in total, and what share of all results is "
+    "positive, negative or inconclusive? One row per outcome, largest first.",
+    ("overall_outcome", "TEXT", "Test outcome.", ("overall_outcome",)),
+    ("total_results_reported", "BIGINT", "All results with this outcome (sum of daily results).", _COUNT),
+    ("pct_of_results", _RATE, "Share of all results, percent, 2 decimals.", _COUNT),
+)
+STATE_RESULTS = _summary(
+    "state_results",
+    "state",
+    "How many positive, negative and inconclusive tests has each jurisdiction reported over the whole "
+    "series, and what is its overall positivity rate? One row per jurisdiction, by state code.",
+    _STATE,
+    _STATE_NAME,
+    ("positive_tests", "BIGINT", "Positive results over the whole series.", _COUNT),
+    ("negative_tests", "BIGINT", "Negative results over the whole series.", _COUNT),
+    ("inconclusive_tests", "BIGINT", "Inconclusive results over the whole series.", _COUNT),
+    ("total_tests", "BIGINT", "All results over the whole series.", _COUNT),
+    ("positivity_rate", _RATE, "positive / total × 100, 2 decimals; NULL when there are no tests.", _COUNT),
+)
+SMOOTHED_RESULTS = _summary(
+    "smoothed_results",
+    "date",
+    "What does the national testing curve look like day by day? Results per outcome for every calendar "
+    "day, their 7-day trailing means and the 7-day positivity rate, for plotting trends without weekday noise.",
+    ("date", "DATE", "Calendar day; days without reports are included with zero counts.", ("date",)),
+    ("positive_tests", "BIGINT", "National positive results that day.", _DAILY),
+    ("negative_tests", "BIGINT", "National negative results that day.", _DAILY),
+    ("inconclusive_tests", "BIGINT", "National inconclusive results that day.", _DAILY),
+    ("smoothed_positive_tests", _RATE, "7-day trailing mean of positive results; NULL for the first 6 days.", _DAILY),
+    ("smoothed_negative_tests", _RATE, "7-day trailing mean of negative results; NULL for the first 6 days.", _DAILY),
+    ("smoothed_inconclusive_tests", _RATE, "7-day trailing mean of inconclusive results; NULL for the first 6 days.", _DAILY),
+    ("smoothed_positivity_rate", _RATE, "7-day positives / 7-day results × 100; NULL for the first 6 days.", _DAILY),
+)
+TOTAL_RESULTS = _summary(
+    "total_results",
+    "state",
+    "Where does each jurisdiction's cumulative count stand? Its latest reporting date and the cumulative "
+    "results per outcome as of that outcome's most recent row, one labelled row per jurisdiction.",
+    _STATE,
+    _STATE_NAME,
+    ("latest_date", "DATE", "The jurisdiction's last reported day.", ("date",)),
+    ("positive_total", "BIGINT", "Cumulative positive results on that outcome's latest row (0 if none).", _TOTAL),
+    ("negative_total", "BIGINT", "Cumulative negative results on that outcome's latest row (0 if none).", _TOTAL),
+    ("inconclusive_total", "BIGINT", "Cumulative inconclusive results on that outcome's latest row (0 if none).", _TOTAL),
+    ("total_results_reported", "BIGINT", "Sum of the three cumulative totals.", _TOTAL),
+)
+RECENT_POSITIVITY_RESULTS = _summary(
+    "recent_positivity_results",
+    "state",
+    "Which jurisdictions had the highest positivity recently? The top 10 over the 30 days ending on the "
+    "data's latest date (the dataset is no longer updated, so the window is anchored on the data, not today).",
+    ("rank", "BIGINT", "1 = highest positivity in the window; ties broken by state code.", (*_DAILY, "state")),
+    _STATE,
+    _STATE_NAME,
+    ("positive_tests", "BIGINT", "Positive results in the 30 days ending on the data's latest date.", _DAILY),
+    ("total_tests", "BIGINT", "All results in the same window.", _DAILY),
+    ("positivity_rate", _RATE, "positive / total × 100 in the window, 2 decimals.", _DAILY),
+)
+
+SUMMARIES = (OUTCOME_RESULTS, STATE_RESULTS, SMOOTHED_RESULTS, TOTAL_RESULTS, RECENT_POSITIVITY_RESULTS)
+# Every table a full refresh writes, in lineage order.
+TABLES = (RAW, BASE, *SUMMARIES)
+
+RAW_ASSET_KEY = RAW.asset_key
+BASE_ASSET_KEY = BASE.asset_key
+PRIMARY_KEY = list(BASE.key)
 SERIES_KEY = ["state", "overall_outcome"]
-SUMMARY_PRIMARY_KEYS = {
-    "outcome_results": ["overall_outcome"],
-    "state_results": ["state"],
-    "smoothed_results": ["date"],
-    "total_results": ["state"],
-    "recent_positivity_results": ["state"],
-}
-SUMMARY_ASSET_KEYS = [AssetKey([SCHEMA, name]) for name in SUMMARY_PRIMARY_KEYS]
-# Every table a full refresh writes, as analysts name them (schema.table), in lineage order.
-TABLE_ASSET_KEYS = [RAW_ASSET_KEY, BASE_ASSET_KEY, *SUMMARY_ASSET_KEYS]
-ALL_TABLES = [".".join(key.path) for key in TABLE_ASSET_KEYS]
+SUMMARY_ASSET_KEYS = [spec.asset_key for spec in SUMMARIES]
+TABLE_ASSET_KEYS = [spec.asset_key for spec in TABLES]
+SPEC_BY_KEY = {spec.asset_key: spec for spec in TABLES}
+# As analysts name them (schema.table).
+ALL_TABLES = [spec.qualified_name for spec in TABLES]
+
+
+def definition_metadata(spec: TableSpec) -> dict[str, object]:
+    """What an asset declares of its table: the key, and the column schema (types and descriptions)
+    the IO manager creates the table with and the UI shows."""
+    key = {"primary_key": list(spec.key)} if spec.key else {}
+    return {**key, "column_descriptions": spec.column_descriptions, "dagster/column_schema": spec.column_schema}

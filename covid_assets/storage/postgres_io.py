@@ -63,6 +63,7 @@ from covid_assets.storage.warehouse import WarehouseResource
 
 PRIMARY_KEY_METADATA = "primary_key"
 COLUMN_DESCRIPTIONS_METADATA = "column_descriptions"
+COLUMN_SCHEMA_METADATA = "dagster/column_schema"
 PREVIEW_ROWS = 10
 # Up to this many keys are deleted in one statement (one JSON literal); more are staged in a temporary table.
 LITERAL_DELETE_LIMIT = 500
@@ -79,7 +80,10 @@ _POSTGRES_TYPES: tuple[tuple[object, str, pa.DataType | None], ...] = (
     (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     (pa.types.is_timestamp, "TIMESTAMP", pa.timestamp("us")),
     (lambda t: isinstance(t, pa.JsonType), "JSONB", pa.json_()),  # ADBC writes arrow.json as jsonb
+    (pa.types.is_decimal, "NUMERIC", pa.decimal128(38, 10)),  # ADBC writes decimals as numeric (28 digits, 10 decimals)
 )
+# A declared Postgres type -> the Arrow type ADBC must be handed for it.
+_ARROW_TYPES: dict[str, pa.DataType] = {postgres_type: arrow_type for _, postgres_type, arrow_type in _POSTGRES_TYPES}
 
 # Arrow type read back from Postgres -> pandas dtype, so a round trip keeps the dtypes:
 # Int64 stays Int64 (NULL -> <NA>), text stays "string", dates stay dates.
@@ -159,10 +163,14 @@ class PandasArrowTypeHandler(DbTypeHandler[pd.DataFrame]):
     def handle_output(
         self, context: OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection: adbc.Connection
     ) -> Mapping[str, object]:
-        table, column_types = to_postgres_arrow(obj)
         definition = context.definition_metadata or {}
+        declared = declared_columns(definition)
+        table, column_types = to_postgres_arrow(obj, {name: column.type.upper() for name, column in declared.items()} or None)
         primary_key = list(definition.get(PRIMARY_KEY_METADATA) or [])
-        metadata = table_metadata(obj, column_types, definition.get(COLUMN_DESCRIPTIONS_METADATA) or {}, table_slice)
+        descriptions = definition.get(COLUMN_DESCRIPTIONS_METADATA) or {
+            name: column.description for name, column in declared.items() if column.description
+        }
+        metadata = table_metadata(obj, column_types, descriptions, table_slice)
         if obj.empty and _table_exists(connection, table_slice):
             empty_rows(connection, table_slice)  # an empty frame empties its rows and leaves the table's columns
             return metadata
@@ -286,26 +294,87 @@ def _plain(table: pa.Table) -> pa.Table:
 
 
 def read_frame(connection: adbc.Connection, table_slice: TableSlice) -> pd.DataFrame:
-    return read_arrow(connection, table_slice).to_pandas(types_mapper=_PANDAS_DTYPES.get)
+    """NUMERIC columns become float64 (what a frame holds them in); the rest keep their dtypes."""
+    table = read_arrow(connection, table_slice)
+    for index, field in enumerate(table.schema):
+        if field.metadata and field.metadata.get(b"POSTGRESQL:type") == b"numeric":
+            table = table.set_column(index, field.name, table.column(index).cast(pa.float64()))
+    return table.to_pandas(types_mapper=_PANDAS_DTYPES.get)
 
 
 def read_arrow(connection: adbc.Connection, table_slice: TableSlice) -> pa.Table:
+    """The slice as Arrow; NUMERIC columns (which ADBC returns as an opaque type) as their text."""
     with connection.cursor() as cursor:
         cursor.execute(select_statement(table_slice).as_string())
-        return cursor.fetch_arrow_table()
+        table = cursor.fetch_arrow_table()
+    for index, field in enumerate(table.schema):
+        if isinstance(field.type, pa.OpaqueType):
+            storage = pa.chunked_array([chunk.storage for chunk in table.column(index).chunks], field.type.storage_type)
+            table = table.set_column(index, field.with_type(field.type.storage_type), storage)
+    return table
 
 
-def to_postgres_arrow(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, str]]:
-    """Convert to Arrow with one canonical Arrow type per Postgres type (NaN/NA -> NULL)."""
+def declared_columns(definition: Mapping[str, object]) -> dict[str, TableColumn]:
+    """The asset's declared column schema (`dagster/column_schema` definition metadata) by column name.
+
+    Each type must be one the IO manager can write (`_ARROW_TYPES`); an asset without a schema
+    declares nothing, and its frame's Arrow types decide.
+    """
+    entry = definition.get(COLUMN_SCHEMA_METADATA)
+    schema = entry.value if isinstance(entry, MetadataValue) else entry
+    if schema is None:
+        return {}
+    if not isinstance(schema, TableSchema):
+        raise TypeError(f"{COLUMN_SCHEMA_METADATA} metadata must be a TableSchema, not {type(schema).__name__}")
+    columns = {column.name: column for column in schema.columns}
+    if unknown := {name: column.type for name, column in columns.items() if column.type.upper() not in _ARROW_TYPES}:
+        raise ValueError(
+            f"declared column types with no Postgres mapping: {_shown([f'{name} {type_}' for name, type_ in unknown.items()])} "
+            f"(expected one of {', '.join(_ARROW_TYPES)})"
+        )
+    return columns
+
+
+def to_postgres_arrow(frame: pd.DataFrame, declared: Mapping[str, str] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """Convert to Arrow with one canonical Arrow type per Postgres type (NaN/NA -> NULL).
+
+    With `declared` (column -> Postgres type) the frame must have exactly those columns, and each
+    gets its declared type; without, each column's type follows its Arrow type.
+    """
     _check_column_names(frame.columns)
+    if declared is not None:
+        _check_declared(frame.columns, declared)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     column_types: dict[str, str] = {}
     for index, field in enumerate(table.schema):
-        postgres_type, arrow_type = _postgres_type(field)
+        if declared is None:
+            postgres_type, arrow_type = _postgres_type(field)
+        else:
+            postgres_type, arrow_type = declared[field.name], _ARROW_TYPES[declared[field.name]]
         column_types[field.name] = postgres_type
         if field.type != arrow_type:
-            table = table.set_column(index, field.name, table.column(index).cast(arrow_type))
+            table = table.set_column(index, field.name, _cast(table.column(index), field, arrow_type, postgres_type))
     return table.replace_schema_metadata(None), column_types
+
+
+def _check_declared(columns: pd.Index, declared: Mapping[str, str]) -> None:
+    """A frame whose columns differ from the declared schema is an error naming the differences."""
+    undeclared = [name for name in columns if name not in declared]
+    missing = [name for name in declared if name not in columns]
+    if undeclared or missing:
+        raise ValueError(
+            f"the frame's columns differ from the declared column schema: not declared {_shown(undeclared)}, "
+            f"declared but missing {_shown(missing)}"
+        )
+
+
+def _cast(values: pa.ChunkedArray, field: pa.Field, arrow_type: pa.DataType, postgres_type: str) -> pa.ChunkedArray:
+    try:
+        return values.cast(arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise TypeError(
+            f"column {field.name!r} holds {field.type}, which cannot be written as its declared {postgres_type}: {str(error)[:300]}"
+        ) from error
 
 
 def _check_column_names(columns: pd.Index) -> None:
