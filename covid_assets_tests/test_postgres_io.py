@@ -9,7 +9,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pytest
-from dagster import AssetIn, AssetKey, asset
+from dagster import AssetIn, AssetKey, TableColumn, TableSchema, asset
 
 from covid_assets_tests.helpers import as_role, deployment, materialize_on, query, reader_role
 
@@ -377,3 +377,52 @@ def test_the_warehouse_used_outside_a_run_leaves_no_open_transaction(warehouse_u
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND starts_with(state, 'idle in transaction')",
     )
     assert idle == [(0,)]
+
+
+def declared_asset(frame: pd.DataFrame, columns: dict[str, str], key: list[str] | None = None):
+    """An asset declaring its column types (`dagster/column_schema`), as the pipeline's tables do."""
+    schema = TableSchema(columns=[TableColumn(name, type_) for name, type_ in columns.items()])
+    metadata = {"dagster/column_schema": schema, **({"primary_key": key} if key else {})}
+
+    @asset(key_prefix=["scratch"], name="declared", metadata=metadata)
+    def declared() -> pd.DataFrame:
+        return frame
+
+    return declared
+
+
+def test_declared_column_types_are_the_tables_not_the_frames(warehouse_url: str) -> None:
+    """NUMERIC for floats, BIGINT and DATE for columns that hold only NULLs: the frame alone would say
+    DOUBLE PRECISION and TEXT. A keyed rewrite merges exactly, and a read gives the frame dtypes back."""
+    declared = {"k": "text", "amount": "numeric", "n": "bigint", "day": "date"}
+    frame = pd.DataFrame({"k": ["a", "b", "c"], "amount": [0.1, 3.125, None], "n": [None] * 3, "day": [None] * 3})
+    materialize_on(warehouse_url, [declared_asset(frame, declared, key=["k"])])
+    assert table_columns(warehouse_url, "declared") == [("k", "text"), ("amount", "numeric"), ("n", "bigint"), ("day", "date")]
+    assert query(warehouse_url, "SELECT k, amount::text FROM scratch.declared ORDER BY k") == [("a", "0.1"), ("b", "3.125"), ("c", None)]
+
+    revised = frame.assign(amount=[0.1, 2.5, 7.0])
+    materialize_on(warehouse_url, [declared_asset(revised, declared, key=["k"])])
+    assert query(warehouse_url, "SELECT k, amount::text FROM scratch.declared ORDER BY k") == [("a", "0.1"), ("b", "2.5"), ("c", "7")]
+    (xmin_a,) = query(warehouse_url, "SELECT xmin::text FROM scratch.declared WHERE k = 'a'")[0]
+    materialize_on(warehouse_url, [declared_asset(revised, declared, key=["k"])])
+    assert query(warehouse_url, "SELECT xmin::text FROM scratch.declared WHERE k = 'a'") == [(xmin_a,)]  # unchanged row kept
+
+    loaded: dict[str, pd.DataFrame] = {}
+
+    @asset(ins={"declared": AssetIn(key=AssetKey(["scratch", "declared"]))})
+    def reader(declared: pd.DataFrame) -> None:
+        loaded["frame"] = declared
+
+    materialize_on(warehouse_url, [declared_asset(revised, declared, key=["k"]), reader])
+    assert loaded["frame"]["amount"].tolist() == [0.1, 2.5, 7.0] and str(loaded["frame"]["amount"].dtype) == "float64"
+    assert str(loaded["frame"]["n"].dtype) == "Int64" and str(loaded["frame"]["day"].dtype) == "date32[day][pyarrow]"
+
+
+def test_a_frame_that_differs_from_its_declared_columns_is_a_clear_error(warehouse_url: str) -> None:
+    frame = pd.DataFrame({"k": ["a"], "extra": [1]})
+    with pytest.raises(Exception, match=r"not declared \['extra'\], declared but missing \['n'\]"):
+        materialize_on(warehouse_url, [declared_asset(frame, {"k": "text", "n": "bigint"})])
+    with pytest.raises(Exception, match=r"column 'k' holds (large_)?string, which cannot be written as its declared BIGINT"):
+        materialize_on(warehouse_url, [declared_asset(pd.DataFrame({"k": ["x"]}), {"k": "bigint"})])
+    with pytest.raises(Exception, match=r"declared column types with no Postgres mapping: \['k money'\]"):
+        materialize_on(warehouse_url, [declared_asset(pd.DataFrame({"k": ["x"]}), {"k": "money"})])
