@@ -62,12 +62,12 @@ from covid_assets.assets.tables import (
     TABLE_ASSET_KEYS,
     definition_metadata,
 )
+from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT
 from covid_assets.freshness import confirmation_materializations
 from covid_assets.settings import env_float
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, Extract, SocrataError, SocrataSource, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
-EXTRA_COLUMNS = "extra_columns"
 MAX_EXTRA_COLUMNS = 1_000
 MAX_EXTRA_NAME_CHARS = 1_000
 
@@ -156,7 +156,7 @@ def raw_covid_test_results(
     for warning in landing.warnings():
         context.log.warning(warning)
     yield Output(
-        landing.frame.assign(fetched_at=pd.Timestamp.now(tz="UTC")),
+        landing.frame.assign(**{FETCHED_AT: pd.Timestamp.now(tz="UTC")}),
         data_version=DataVersion(load.content_hash),
         metadata={**fetch_metadata(extract), **landing.metadata(), **load.evidence()},
     )

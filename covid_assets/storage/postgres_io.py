@@ -14,6 +14,10 @@ SQL for that, and what is refused, is in `storage/partitions.py`.
 
 Identifiers are quoted by psycopg's `sql.Identifier`, never pasted into SQL text.
 
+Column types: an asset that declares its columns (`dagster/column_schema` definition metadata, a
+`TableSchema` whose types are Postgres type names) gets exactly those types, and its frames must
+have exactly those columns; otherwise each column's type follows its Arrow type.
+
 A table is created on its first write and never dropped afterwards, so analysts' views, grants
 and indexes on it survive every refresh. When the frame's shape differs from the table's:
 
@@ -373,7 +377,7 @@ def _cast(values: pa.ChunkedArray, field: pa.Field, arrow_type: pa.DataType, pos
         return values.cast(arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise TypeError(
-            f"column {field.name!r} holds {field.type}, which cannot be written as its declared {postgres_type}: {str(error)[:300]}"
+            f"column {field.name!r} holds {field.type}, which cannot be written as {postgres_type}: {str(error)[:300]}"
         ) from error
 
 
@@ -529,8 +533,9 @@ class PostgresPandasIOManager(ConfigurableIOManagerFactory):
     """Stores each asset as the Postgres table `<key prefix>.<asset name>`.
 
     `warehouse` is the run's transaction (`storage/warehouse.py`: its target comes from the environment).
-    Declare a primary key with asset metadata `{"primary_key": ["col", ...]}` and column
-    descriptions with `{"column_descriptions": {"col": "..."}}`; load a subset of columns
+    Declare a primary key with asset metadata `{"primary_key": ["col", ...]}`, the columns' Postgres
+    types with `{"dagster/column_schema": TableSchema(...)}` (e.g. `TableSpec.column_schema`), and column
+    descriptions with `{"column_descriptions": {"col": "..."}}` (else the schema's); load a subset of columns
     with `AssetIn(metadata={"columns": [...]})`. Partitioned assets name their partition column
     with `{"partition_expr": "day"}` (`{"partition_expr": {"dimension": "column", ...}}` for
     multi-partitions). The schema is the asset's `{"schema": ...}` metadata, else its key prefix,
