@@ -14,9 +14,15 @@ everything, the source sensor (sensors.py) as soon as a new version is published
 sensors (alert_sensors.py, alerts.py) tell people when a run fails, recovers or data goes stale.
 Steps run in one process: they are sequential anyway, and a subprocess per step would cost more
 than most steps take.
+
+Declared datasets live in defs/, one folder per dataset whose defs.yaml is a `SocrataDataset`
+(datasets/component.py): each brings its source, raw and typed base table, checks, job and
+schedule, and shares the resources below. `dg list defs` shows them all.
 """
 
-from dagster import Definitions, in_process_executor
+from pathlib import Path
+
+from dagster import Definitions, in_process_executor, load_from_defs_folder
 
 from covid_assets.alert_sensors import alert_sensors
 from covid_assets.assets.base import covid_test_results
@@ -32,12 +38,19 @@ from covid_assets.sensors import source_sensor
 refresh_job = refresh_warehouse_job()
 tables = with_freshness_policy([raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS], table_freshness_policy())
 
-defs = Definitions(
-    assets=[socrata_source, *tables],
-    asset_checks=[base_table_checks, summary_table_checks],
-    jobs=[refresh_job],
-    schedules=[daily_refresh_schedule(refresh_job)],
-    sensors=[source_sensor(refresh_job), *alert_sensors(refresh_job)],
-    resources=build_resources(),
-    executor=in_process_executor,
-)
+
+def covid_definitions() -> Definitions:
+    """The COVID pipeline: the observed source, seven tables, their checks, job, schedule and sensors."""
+    return Definitions(
+        assets=[socrata_source, *tables],
+        asset_checks=[base_table_checks, summary_table_checks],
+        jobs=[refresh_job],
+        schedules=[daily_refresh_schedule(refresh_job)],
+        sensors=[source_sensor(refresh_job), *alert_sensors(refresh_job)],
+        resources=build_resources(),
+        executor=in_process_executor,
+    )
+
+
+# ... merged with the declared datasets (covid_assets/defs/*/defs.yaml), which use the same resources.
+defs = Definitions.merge(covid_definitions(), load_from_defs_folder(path_within_project=Path(__file__).parent))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
-from covid_assets.assets.tables import RAW_ASSET_KEY
+from covid_assets.assets.tables import RAW_ASSET_KEY, TABLE_ASSET_KEYS
 from covid_assets.settings import env_flag, env_float
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
@@ -34,7 +34,7 @@ def refresh_warehouse_job(environ: Mapping[str, str] | None = None) -> "Unresolv
     max_runtime_s = env_float(MAX_RUNTIME_ENV, DEFAULT_MAX_RUNTIME_S, minimum=1, maximum=7 * 86_400, environ=environ)
     return define_asset_job(
         name=JOB_NAME,
-        selection=AssetSelection.all(),
+        selection=AssetSelection.assets(*TABLE_ASSET_KEYS),  # the COVID tables; each declared dataset has its own job
         tags={MAX_RUNTIME_TAG: str(int(max_runtime_s))},
         description=(
             "Full refresh: fetch the whole dataset, rebuild the base table and the five summaries. "

@@ -1,0 +1,526 @@
+"""`SocrataDataset`: the Dagster Component that turns one declaration (`defs.yaml`) into definitions.
+
+For one declared dataset it builds:
+
+* the source, observed (never written): its data version is `rowsUpdatedAt`-count, as for COVID;
+* one step that writes the raw table and the typed base table (`load_dataset`, a multi-asset:
+  the base table is merged from the typed rows the gate staged, which live only inside the run's
+  transaction, so the two are one step). It streams the pages into a staging table (`land`),
+  writes nothing when the source is unchanged (its signature, then the content hash of the
+  landing), refuses bad rows and a shrinking source before anything is published (`gate`), then
+  replaces the raw table and merges the base table (`publish_raw`, `merge_base`);
+* the base table's checks in SQL: the key unique and not null, the declared value checks and the
+  row count of the accepted load; all blocking, so a failure rolls the run back;
+* a job, and the declared schedule and/or sensor.
+
+Where the rows come from is the deployment's business, never run config: `https://{domain}`
+(`SOCRATA_BASE_URL_<NAME>` overrides it, e.g. for a test's local stand-in), the app token from
+`SOCRATA_APP_TOKEN`, and the declared `export_file` instead of the API when `SOCRATA_OFFLINE=1`
+(what `./dev offline` sets). Run config holds bounded knobs only (`DatasetLoadConfig`); the HTTP
+knobs are the `socrata` resource's (`SocrataSource`), the transaction the `warehouse` resource's.
+"""
+
+import datetime as dt
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AssetSpec,
+    Component,
+    ComponentLoadContext,
+    Config,
+    DagsterRunStatus,
+    DataVersion,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    ObserveResult,
+    Resolvable,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    AssetObservation,
+    define_asset_job,
+    multi_asset,
+    multi_asset_check,
+    multi_observable_source_asset,
+    sensor,
+)
+from psycopg import sql
+from pydantic import Field
+
+from covid_assets.datasets.dataset_spec import DatasetSpec
+from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.settings import env_flag
+from covid_assets.sources.socrata import SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
+from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+__all__ = ["OFFLINE_ENV", "DatasetLoadConfig", "SocrataDataset", "base_url_env", "dataset_definitions", "dataset_target"]
+
+OFFLINE_ENV = "SOCRATA_OFFLINE"  # "1": every declared dataset reads its bundled export_file
+TOKEN_ENV = "SOCRATA_APP_TOKEN"
+SCHEDULES_ENABLED_ENV = "COVID_SCHEDULE_ENABLED"
+SENSORS_ENABLED_ENV = "COVID_SOURCE_SENSOR_ENABLED"
+OBSERVE_DEADLINE_S = 8.0  # per request of an observation, so a sensor tick ends within a minute
+SOURCE_UNCHANGED_TAG = "covid/source_unchanged"
+
+
+def base_url_env(name: str) -> str:
+    """The variable that points one dataset elsewhere than https://{domain} (a mirror, a test's stand-in)."""
+    return f"SOCRATA_BASE_URL_{name.upper()}"
+
+
+class SocrataDataset(Component, Resolvable, DatasetDeclaration):
+    """A Socrata dataset loaded into Postgres: source observation, raw and typed base tables, checks, schedule.
+
+    Its attributes are a `DatasetDeclaration` (covid_assets/datasets/declaration.py); scaffold one
+    with `python -m covid_assets.datasets.scaffold`.
+    """
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+        spec = self.to_spec(context.path / "defs.yaml")
+        return dataset_definitions(spec, schedule=self.schedule, sensor_minutes=self.sensor.minimum_interval_minutes if self.sensor else None)
+
+
+# ----------------------------------------------------------------------------- where the rows come from
+def dataset_target(spec: DatasetSpec, environ: Mapping[str, str] | None = None) -> SocrataTarget:
+    """The dataset's source as this deployment's environment says (read when the run starts, never from config)."""
+    environ = os.environ if environ is None else environ
+    source_file = None
+    if env_flag(OFFLINE_ENV, default=False, environ=environ):
+        if spec.export_file is None:
+            raise Failure(f"{OFFLINE_ENV} is set but dataset {spec.name!r} declares no export_file to read offline")
+        source_file = str(spec.export_file)
+    return SocrataTarget(
+        base_url=environ.get(base_url_env(spec.name)) or spec.base_url,
+        dataset_id=spec.dataset_id,
+        app_token=environ.get(TOKEN_ENV) or None,
+        source_file=source_file,
+    )
+
+
+def dataset_client(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, **overrides: Any) -> SocrataClient:
+    """A client of the dataset with the run's knobs (`overrides` validated like the resource's config)."""
+    settings = type(socrata).model_validate({**socrata.model_dump(), **overrides}) if overrides else socrata
+    return SocrataClient(target, settings, required_columns=spec.required, protocols=socrata.protocol_choice(target))
+
+
+def read_signature(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, deadline_s: float | None = None) -> SourceSignature:
+    """`rowsUpdatedAt` and `count(*)`: two small requests that fail fast (the full fetch has the retries)."""
+    overrides: dict[str, Any] = {"max_retries": min(socrata.max_retries, 1)}
+    if deadline_s is not None:
+        overrides["request_deadline_s"] = min(socrata.request_deadline_s, deadline_s)
+        overrides["connect_timeout_s"] = min(socrata.connect_timeout_s, deadline_s / 2)
+    return dataset_client(spec, socrata, target, **overrides).signature()
+
+
+# ----------------------------------------------------------------------------- the definitions
+@dataclass(frozen=True)
+class DatasetKeys:
+    source: AssetKey
+    raw: AssetKey
+    base: AssetKey
+
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> "DatasetKeys":
+        return cls(AssetKey(["socrata", spec.name]), spec.raw.asset_key, spec.base.asset_key)
+
+
+def dataset_definitions(spec: DatasetSpec, *, schedule: str | None = None, sensor_minutes: float | None = None) -> Definitions:
+    """Everything one declared dataset produces; resources (`socrata`, `warehouse`) come from the code location."""
+    job = define_asset_job(
+        name=f"refresh_{spec.name}",
+        selection=AssetSelection.assets(spec.raw.asset_key, spec.base.asset_key),
+        description=f"Refresh {spec.raw.qualified_name} and {spec.base.qualified_name} from {spec.domain} {spec.dataset_id}.",
+    )
+    schedules = [dataset_schedule(spec, job, schedule)] if schedule else []
+    sensors = [dataset_sensor(spec, job, sensor_minutes)] if sensor_minutes else []
+    return Definitions(
+        assets=[source_observation(spec), load_step(spec)],
+        asset_checks=[base_checks(spec)],
+        jobs=[job],
+        schedules=schedules,
+        sensors=sensors,
+    )
+
+
+def source_observation(spec: DatasetSpec):
+    keys = DatasetKeys.of(spec)
+
+    @multi_observable_source_asset(
+        specs=[
+            AssetSpec(
+                keys.source,
+                description=(
+                    f"{spec.title or spec.dataset_id}, as published on {spec.domain} (Socrata dataset {spec.dataset_id}): "
+                    "observed, never written. Its data version is the publisher's rowsUpdatedAt and the row count."
+                ),
+                group_name=spec.group,
+                owners=list(spec.owners),
+                kinds={"socrata"},
+            )
+        ],
+        name=f"observe_{spec.name}_source",
+    )
+    def observe(socrata: SocrataSource):
+        version, metadata = observe_source(spec, socrata)
+        yield ObserveResult(asset_key=keys.source, data_version=DataVersion(version), metadata=metadata)
+
+    return observe
+
+
+def observe_source(spec: DatasetSpec, socrata: SocrataSource) -> tuple[str, dict[str, Any]]:
+    """The source's data version now, and what to show with it."""
+    target = dataset_target(spec)
+    if target.source_file:
+        stat = os.stat(target.source_file)
+        return f"file-{stat.st_size}-{stat.st_mtime_ns}", {"source": MetadataValue.path(target.source_file), "file_bytes": stat.st_size}
+    signature = read_signature(spec, socrata, target, OBSERVE_DEADLINE_S)
+    metadata: dict[str, Any] = {"source": MetadataValue.url(target.base_url), "row_count": signature.row_count}
+    if signature.rows_updated_at is not None:
+        metadata["rows_updated_at"] = MetadataValue.timestamp(dt.datetime.fromtimestamp(signature.rows_updated_at, dt.UTC))
+    return f"{signature.rows_updated_at or 'unknown'}-{signature.row_count}", metadata
+
+
+def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
+    """The raw and the base table as the UI shows them: description, column schema, lineage, owners."""
+    keys = DatasetKeys.of(spec)
+    common: dict[str, Any] = {"group_name": spec.group, "owners": list(spec.owners), "skippable": True}
+    raw = AssetSpec(
+        keys.raw,
+        deps=[keys.source],
+        description=spec.raw.description,
+        kinds={"socrata", "postgres"},
+        metadata={"dagster/column_schema": spec.raw.column_schema, "dagster/table_name": spec.raw.qualified_name},
+        **common,
+    )
+    base = AssetSpec(
+        keys.base,
+        deps=[keys.raw],
+        description=(spec.description or spec.title or spec.dataset_id) + f"\n\nTyped, unique on ({', '.join(spec.base.key)}).",
+        kinds={"postgres"},
+        metadata={
+            "dagster/column_schema": spec.base.column_schema,
+            "dagster/column_lineage": spec.base.column_lineage(keys.raw),
+            "dagster/table_name": spec.base.qualified_name,
+        },
+        **common,
+    )
+    return [raw, base]
+
+
+class DatasetLoadConfig(Config):
+    """Bounded knobs of one load; where it connects and what it sends are not config (see the module docstring)."""
+
+    allow_shrink: bool = Field(default=False, description="Accept a delivery with fewer rows, or lost series, than the base table.")
+    max_shrink_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="Largest share of base rows a load may lose without allow_shrink (default: the declaration's)."
+    )
+    skip_if_unchanged: bool = Field(
+        default=True, description="Write nothing when the source is unchanged since the last load (false: reload anyway)."
+    )
+
+
+@dataclass(frozen=True)
+class LastLoad:
+    """What the last committed load recorded on the raw table: the evidence change detection compares with."""
+
+    signature: SourceSignature
+    content_hash: str | None
+    base_rows: int | None
+
+
+def load_step(spec: DatasetSpec):
+    keys = DatasetKeys.of(spec)
+
+    @multi_asset(specs=table_specs(spec), name=f"load_{spec.name}", can_subset=False)
+    def load(
+        context: AssetExecutionContext, config: DatasetLoadConfig, socrata: SocrataSource, warehouse: WarehouseResource
+    ) -> Iterator[MaterializeResult]:
+        yield from load_dataset(context, spec, keys, config, socrata, warehouse)
+
+    return load
+
+
+def load_dataset(
+    context: AssetExecutionContext,
+    spec: DatasetSpec,
+    keys: DatasetKeys,
+    config: DatasetLoadConfig,
+    socrata: SocrataSource,
+    warehouse: WarehouseResource,
+) -> Iterator[MaterializeResult]:
+    """Land, gate, publish and merge inside the run's transaction; nothing when the source is unchanged."""
+    from covid_assets.datasets.load import InvalidRowsError, ShrinkingSourceError, discard, gate, land, merge_base, publish_raw
+
+    target = dataset_target(spec)
+    last = read_last_load(context, keys.raw) if config.skip_if_unchanged else None
+    still_stored = last is not None and holds_last_load(warehouse, spec, last)
+    signature = None if target.source_file else _signature_or_none(context, spec, socrata, target)
+    if still_stored and signature and signature.rows_updated_at is not None and signature == last.signature:
+        unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
+        return
+    source = target.source_file or f"{target.base_url} {spec.dataset_id}"
+    fetched_at = dt.datetime.now(dt.UTC)
+    with warehouse.transaction() as connection:
+        try:
+            landing = land(connection, spec, source_pages(spec, socrata, target, signature), fetched_at)
+        except SocrataError as error:
+            raise Failure(description=str(error), metadata={"transient": error.transient}) from error
+        if still_stored and landing.content_hash == last.content_hash:
+            discard(connection, landing)
+            unchanged(context, f"content hash {landing.content_hash}")
+            return
+        try:
+            accepted = gate(
+                connection,
+                spec,
+                landing,
+                allow_shrink=config.allow_shrink,
+                max_shrink_fraction=spec.max_shrink_fraction if config.max_shrink_fraction is None else config.max_shrink_fraction,
+            )
+        except (InvalidRowsError, ShrinkingSourceError) as error:
+            raise Failure(description=f"{source}: {error}") from error
+        publish_raw(connection, spec, landing)
+        counts = merge_base(connection, spec, accepted)
+    evidence = {
+        "content_hash": landing.content_hash,
+        "rows_updated_at": signature.rows_updated_at if signature else None,
+        "source_row_count": landing.rows,
+        "base_rows": accepted.rows,
+    }
+    source_value = MetadataValue.path(source) if target.source_file else MetadataValue.url(target.base_url)
+    yield MaterializeResult(
+        asset_key=keys.raw,
+        data_version=DataVersion(landing.content_hash),
+        metadata={"source": source_value, "dagster/row_count": landing.rows, **evidence},
+    )
+    yield MaterializeResult(
+        asset_key=keys.base,
+        data_version=DataVersion(landing.content_hash),
+        metadata={
+            "dagster/row_count": counts.total,
+            "rows": accepted.rows,
+            "rows_added": counts.added,
+            "rows_revised": counts.revised,
+            "rows_withdrawn": counts.withdrawn,
+            "duplicates_dropped": accepted.duplicates_dropped,
+        },
+    )
+
+
+def source_pages(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, signature: SourceSignature | None):
+    """The delivery as bounded Arrow pages: the export file, or the API in `:id` order."""
+    from covid_assets.datasets.pages import api_pages, export_pages
+
+    if target.source_file:
+        return export_pages(target.source_file)
+    return api_pages(dataset_client(spec, socrata, target))
+
+
+def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget) -> SourceSignature | None:
+    try:
+        return read_signature(spec, socrata, target)
+    except SocrataError as error:
+        context.log.warning(f"could not read the source's rowsUpdatedAt/count ({error}); doing a full fetch")
+        return None
+
+
+def unchanged(context: AssetExecutionContext, evidence: str) -> None:
+    context.log.info(f"Source unchanged since the last load ({evidence}): no table written.")
+    context.instance.add_run_tags(context.run_id, {SOURCE_UNCHANGED_TAG: "true"})
+
+
+def read_last_load(context: AssetExecutionContext, raw_key: AssetKey) -> LastLoad | None:
+    """The last load that was committed (a failed run emits its materializations, then rolls back)."""
+    event = context.instance.get_latest_materialization_event(raw_key)
+    if event is None or event.asset_materialization is None:
+        return None
+    run = context.instance.get_run_by_id(event.run_id)
+    if run is None or run.status != DagsterRunStatus.SUCCESS or COMMIT_FAILED_TAG in run.tags:
+        return None
+    metadata = event.asset_materialization.metadata
+
+    def value(name: str) -> Any:
+        entry = metadata.get(name)
+        return None if entry is None else entry.value
+
+    return LastLoad(
+        signature=SourceSignature(rows_updated_at=value("rows_updated_at"), row_count=value("source_row_count")),
+        content_hash=value("content_hash"),
+        base_rows=value("base_rows"),
+    )
+
+
+def holds_last_load(warehouse: WarehouseResource, spec: DatasetSpec, last: LastLoad) -> bool:
+    """The base table still has the last load's rows and the raw table still exists."""
+    if warehouse.row_count(spec.base.schema, spec.base.name) != last.base_rows:
+        return False
+    return warehouse.table_exists(spec.raw.schema, spec.raw.name)
+
+
+# ----------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class CheckQuery:
+    """One check: its name, what it asserts, and a query returning (label, offending rows) pairs."""
+
+    name: str
+    description: str
+    query: sql.Composable
+
+
+def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
+    """The checks of the base table as SQL; each query returns one row of offending-row counts."""
+    table = sql.Identifier(spec.base.schema, spec.base.name)
+    key = sql.SQL(", ").join(map(sql.Identifier, spec.base.key))
+    any_key_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in spec.base.key)
+    checks = [
+        CheckQuery(
+            "primary_key",
+            f"({', '.join(spec.base.key)}) is unique and never null.",
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} GROUP BY {k} HAVING count(*) > 1) d) AS duplicate_keys, "
+                "(SELECT count(*) FROM {t} WHERE {n}) AS null_keys"
+            ).format(t=table, k=key, n=any_key_null),
+        )
+    ]
+    values = spec.checks
+    if values.not_null:
+        counts = sql.SQL(", ").join(
+            sql.SQL("count(*) FILTER (WHERE {c} IS NULL) AS {a}").format(c=sql.Identifier(c), a=sql.Identifier(c)) for c in values.not_null
+        )
+        checks.append(CheckQuery("not_null", f"Never null: {', '.join(values.not_null)}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
+    if values.allowed_values:
+        counts = sql.SQL(", ").join(
+            sql.SQL("count(*) FILTER (WHERE {c} IS NOT NULL AND {c}::text NOT IN ({v})) AS {a}").format(
+                c=sql.Identifier(c), v=sql.SQL(", ").join(map(sql.Literal, allowed)), a=sql.Identifier(c)
+            )
+            for c, allowed in values.allowed_values.items()
+        )
+        described = "; ".join(f"{c} in {', '.join(v)}" for c, v in values.allowed_values.items())
+        checks.append(CheckQuery("allowed_values", f"Only the declared values (or null): {described}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
+    if values.ranges:
+        parts, described = [], []
+        for c, (low, high) in values.ranges.items():
+            conditions = [sql.SQL("{} < {}").format(sql.Identifier(c), sql.Literal(low))] if low is not None else []
+            conditions += [sql.SQL("{} > {}").format(sql.Identifier(c), sql.Literal(high))] if high is not None else []
+            parts.append(sql.SQL("count(*) FILTER (WHERE {}) AS {}").format(sql.SQL(" OR ").join(conditions), sql.Identifier(c)))
+            described.append(f"{c} in [{'' if low is None else f'{low:g}'}, {'' if high is None else f'{high:g}'}]")
+        checks.append(CheckQuery("ranges", f"Within range: {'; '.join(described)}.", sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), table)))
+    if window := values.date_window:
+        checks.append(
+            CheckQuery(
+                "date_window",
+                f"{window.column} between {window.earliest.isoformat()} and {window.future_days} day(s) after today.",
+                sql.SQL("SELECT count(*) FILTER (WHERE {c} < {e}::date OR {c} >= current_date + {d}) AS {a} FROM {t}").format(
+                    c=sql.Identifier(window.column), e=sql.Literal(window.earliest.isoformat()), d=sql.Literal(window.future_days + 1),
+                    a=sql.Identifier(window.column), t=table,
+                ),
+            )
+        )
+    return checks
+
+
+ROW_COUNT_CHECK = "row_count_matches_load"
+
+
+def base_checks(spec: DatasetSpec):
+    keys = DatasetKeys.of(spec)
+    queries = check_queries(spec)
+    specs = [AssetCheckSpec(q.name, asset=keys.base, description=q.description, blocking=True) for q in queries]
+    specs.append(
+        AssetCheckSpec(
+            ROW_COUNT_CHECK, asset=keys.base, blocking=True,
+            description="The base table holds exactly the rows the last accepted load typed (after duplicate keys were dropped).",
+        )
+    )
+
+    @multi_asset_check(specs=specs, name=f"check_{spec.name}")
+    def check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
+        for query in queries:
+            yield evaluate(keys.base, query, warehouse)
+        yield row_count_result(context, keys.base, spec, warehouse)
+
+    return check
+
+
+def evaluate(key: AssetKey, query: CheckQuery, warehouse: WarehouseResource) -> AssetCheckResult:
+    """Run one check's query in the run's transaction: it passes when every count is zero."""
+    with warehouse.transaction() as connection, connection.cursor() as cursor:
+        cursor.execute(query.query.as_string())
+        row = cursor.fetchone()
+        labels = [column[0] for column in cursor.description]
+    counts = {label: int(count) for label, count in zip(labels, row)}
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=query.name,
+        passed=not any(counts.values()),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={f"{label}_violations" if query.name != "primary_key" else label: count for label, count in counts.items()},
+    )
+
+
+def row_count_result(context: AssetCheckExecutionContext, key: AssetKey, spec: DatasetSpec, warehouse: WarehouseResource) -> AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(key)
+    entry = event.asset_materialization.metadata.get("rows") if event and event.asset_materialization else None
+    expected = None if entry is None else entry.value
+    stored = warehouse.row_count(spec.base.schema, spec.base.name)
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=ROW_COUNT_CHECK,
+        passed=expected is not None and stored == expected,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"stored_rows": stored if stored is not None else -1, "accepted_rows": expected if expected is not None else -1},
+    )
+
+
+# ----------------------------------------------------------------------------- schedule and sensor
+def dataset_schedule(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", cron: str) -> ScheduleDefinition:
+    return ScheduleDefinition(
+        name=f"{spec.name}_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING if env_flag(SCHEDULES_ENABLED_ENV) else DefaultScheduleStatus.STOPPED,
+        description=f"Refreshes {spec.base.qualified_name} ({cron}, UTC); writes nothing when the source is unchanged.",
+    )
+
+
+def dataset_sensor(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", minutes: float):
+    keys = DatasetKeys.of(spec)
+
+    @sensor(
+        name=f"{spec.name}_source_sensor",
+        job=job,
+        minimum_interval_seconds=max(int(minutes * 60), 1),
+        default_status=DefaultSensorStatus.RUNNING if env_flag(SENSORS_ENABLED_ENV) else DefaultSensorStatus.STOPPED,
+        description=f"Observes {spec.domain} {spec.dataset_id} every {minutes:g} min and starts one refresh per new version.",
+    )
+    def watch(context: SensorEvaluationContext, socrata: SocrataSource) -> SensorResult:
+        try:
+            version, metadata = observe_source(spec, socrata)
+        except (SocrataError, OSError) as error:
+            raise RuntimeError(f"could not observe {spec.dataset_id} ({error}); the next tick tries again") from None
+        tags = {"dagster/data_version": version, "dagster/data_version_is_user_provided": "true"}
+        events = [AssetObservation(asset_key=keys.source, metadata=metadata, tags=tags)]
+        if context.cursor == version:
+            return SensorResult(asset_events=events, skip_reason=f"source version {version} already seen")
+        return SensorResult(run_requests=[RunRequest(run_key=f"{spec.name}-{version}")], asset_events=events, cursor=version)
+
+    return watch

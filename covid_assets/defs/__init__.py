@@ -1,0 +1,1 @@
+"""Dataset declarations: one folder per dataset, its `defs.yaml` a `SocrataDataset` (see covid_assets/datasets)."""
