@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from covid_assets.assets.tables import RAW_ASSET_KEY
-from covid_assets.definitions import defs
+from covid_assets.definitions import covid_definitions
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
@@ -208,7 +208,7 @@ def test_key_checks_count_repeated_rows_when_the_key_constraint_is_gone(snapshot
     def run_checks(table: str) -> dict[tuple[str, str], object]:
         with deployment(snapshot_warehouse, **source):
             return check_results(materialize(
-                [*defs.assets, *defs.asset_checks],
+                [*covid_definitions().assets, *covid_definitions().asset_checks],
                 selection=AssetSelection.checks_for_assets(AssetKey(["covid_19", table])),
                 resources={**warehouse_resources(), "socrata": SocrataSource()},
                 raise_on_error=False,

@@ -36,6 +36,7 @@ from covid_assets.storage.embedded import stop_embedded_postgres
 from covid_assets.storage.warehouse import WarehouseResource
 from covid_assets_tests.support import FakeSocrata, Fault
 from covid_assets_tests.helpers import (
+    COVID_SELECTION,
     SNAPSHOT,
     TABLES,
     as_role,
@@ -740,7 +741,7 @@ def killed_mid_base_write(
     held = HeldWrite(url, BASE, growth_key(grown_rows))
     with open(home / "cli.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"],
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", COVID_SELECTION],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

@@ -26,7 +26,7 @@ import pytest
 
 from covid_assets.assets.tables import RAW_ASSET_KEY
 from covid_assets_tests.support import FakeSocrata
-from covid_assets_tests.helpers import SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database
+from covid_assets_tests.helpers import COVID_SELECTION, SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database
 from covid_assets_tests.services import (
     IMMEDIATE_RUNS_INSTANCE,
     LAUNCH_MUTATION,
@@ -177,7 +177,7 @@ def test_hostile_run_config_through_the_cli_is_refused_and_leaks_nothing(deploym
     for index, (attempt, (_, run_config)) in enumerate(attempts.items()):
         argv = [
             sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions",
-            "--select", "*", "--config-json", json.dumps(run_config),
+            "--select", COVID_SELECTION, "--config-json", json.dumps(run_config),
         ]
         home = deployment.home / str(index)  # one instance each: they start at once
         home.mkdir()

@@ -24,7 +24,7 @@ from dagster import AssetKey, DagsterInstance, asset, build_sensor_context, mate
 from covid_assets.assets.raw import RETRY_REASON_TAG, TRANSIENT_SOURCE_ERROR
 from covid_assets.assets.source import observe_source
 from covid_assets.assets.tables import RAW_ASSET_KEY, TABLE_ASSET_KEYS
-from covid_assets.definitions import defs
+from covid_assets.definitions import covid_definitions
 from covid_assets.freshness import source_staleness
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets.sensors import SourceUnreachable
@@ -142,7 +142,7 @@ def test_a_retry_waits_before_asking_the_source_again(warehouse_url: str, rows) 
         server.on_request = lambda target, params: asked.append(time.monotonic())
         started = time.monotonic()
         result = materialize(
-            [*defs.assets, *defs.asset_checks],
+            [*covid_definitions().assets, *covid_definitions().asset_checks],
             resources={**warehouse_resources(), "socrata": KNOBS},
             tags={"dagster/retry_number": "1", RETRY_REASON_TAG: TRANSIENT_SOURCE_ERROR},
         )
@@ -190,7 +190,7 @@ def test_the_observation_is_rows_updated_at_and_count_and_warns_when_the_publish
 
 
 def test_the_source_sensor_asks_for_one_run_per_version_and_fails_visibly_when_unreachable(rows) -> None:
-    sensor = next(definition for definition in defs.sensors if definition.name == "socrata_source_sensor")
+    sensor = next(definition for definition in covid_definitions().sensors if definition.name == "socrata_source_sensor")
     with FakeSocrata(rows) as server, environment(SOCRATA_BASE_URL=server.base_url, SOCRATA_SOURCE_FILE=None):
         with DagsterInstance.ephemeral() as instance:
 
