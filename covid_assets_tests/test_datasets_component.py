@@ -1,0 +1,299 @@
+"""Declared datasets: the declaration model, the scaffold, the SocrataDataset component and `dg`.
+
+The scaffold is tested on the real `rows.json` export of data.cdc.gov xt86-xqxz (its `meta.view` is
+the dataset's view metadata); the CDC 9mfq-cb36 declaration is loaded from covid_assets/defs/ and,
+where the loader is present, materialized offline from its bundled export into a real Postgres.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, DefaultScheduleStatus, Definitions, load_from_defs_folder
+
+from covid_assets.datasets.component import DatasetLoadConfig, base_url_env, dataset_target
+from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError
+from covid_assets.datasets.scaffold import main as scaffold
+from covid_assets.resources import build_resources
+from covid_assets.sources.socrata.metadata import parse_view
+
+ROOT = Path(__file__).parents[1]
+XT86 = Path(__file__).parent / "fixtures" / "cdc_xt86-xqxz_rows.json.gz"
+CDC_YAML = ROOT / "covid_assets" / "defs" / "cdc_cases_deaths_by_state" / "defs.yaml"
+CDC_EXPORT = ROOT / "covid_assets" / "data" / "cdc_9mfq-cb36_cases_deaths_by_state_20211227.csv.gz"
+RAW, BASE, SOURCE = AssetKey(["cdc_raw", "raw_cases_deaths_by_state"]), AssetKey(["cdc", "cases_deaths_by_state"]), AssetKey(["socrata", "cdc_cases_deaths_by_state"])
+HAS_LOADER = importlib.util.find_spec("covid_assets.datasets.load") is not None
+
+
+def dataset_defs() -> Definitions:
+    """The declared datasets as the code location loads them, with its resources."""
+    return Definitions.merge(load_from_defs_folder(path_within_project=ROOT / "covid_assets"), Definitions(resources=build_resources()))
+
+
+def cdc_attributes() -> dict:
+    return yaml.safe_load(CDC_YAML.read_text())["attributes"]
+
+
+def xt86_view():
+    with gzip.open(XT86) as handle:
+        return parse_view(json.load(handle)["meta"]["view"], str(XT86))
+
+
+# ----------------------------------------------------------------------------- loading
+def test_the_definitions_load_with_the_network_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    defs = dataset_defs()
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {SOURCE, RAW, BASE} <= graph.get_all_asset_keys()
+    assert graph.get(RAW).parent_keys == {SOURCE} and graph.get(BASE).parent_keys == {RAW}
+
+
+def test_the_cdc_declaration_gives_tables_with_schema_lineage_checks_and_schedule() -> None:
+    defs = dataset_defs()
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    raw, base = specs[RAW], specs[BASE]
+    for spec in (raw, base):
+        assert spec.group_name == "cdc_cases_deaths" and spec.owners == ["team:data-platform"] and "postgres" in spec.kinds
+    assert "socrata" in specs[SOURCE].kinds and "9mfq-cb36" in specs[SOURCE].description
+    columns = {column.name: column for column in base.metadata["dagster/column_schema"].columns}
+    declared = cdc_attributes()["columns"]
+    assert list(columns) == list(declared)
+    assert {name: column.type for name, column in columns.items()} == {name: c["type"].lower() for name, c in declared.items()}
+    assert all(columns[name].description == c["description"] for name, c in declared.items())
+    raw_columns = [column.name for column in raw.metadata["dagster/column_schema"].columns]
+    assert raw_columns == [*declared, "extra_columns", "fetched_at"]
+    lineage = base.metadata["dagster/column_lineage"].deps_by_column
+    assert {name: [(dep.asset_key, dep.column_name) for dep in deps] for name, deps in lineage.items()} == {
+        name: [(RAW, name)] for name in declared
+    }
+    graph = defs.resolve_asset_graph()
+    checks = {key.name: key for key in graph.asset_check_keys if key.asset_key == BASE}
+    assert set(checks) == {"primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load"}
+    check_specs = [spec for checks_def in defs.asset_checks for spec in checks_def.check_specs if spec.asset_key == BASE]
+    assert check_specs and all(spec.blocking for spec in check_specs)
+    schedule = defs.resolve_schedule_def("cdc_cases_deaths_by_state_schedule")
+    assert schedule.cron_schedule == "0 7 * * *" and schedule.default_status == DefaultScheduleStatus.RUNNING
+    job = defs.resolve_job_def(schedule.job_name)
+    assert {key for key in job.asset_layer.selected_asset_keys} == {RAW, BASE}
+
+
+def test_where_the_rows_come_from_is_the_environment_never_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    for variable in ("SOCRATA_OFFLINE", "SOCRATA_APP_TOKEN", base_url_env(spec.name)):
+        monkeypatch.delenv(variable, raising=False)
+    assert (dataset_target(spec).base_url, dataset_target(spec).source_file) == ("https://data.cdc.gov", None)
+    monkeypatch.setenv(base_url_env(spec.name), "http://127.0.0.1:9")
+    assert dataset_target(spec).base_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("SOCRATA_OFFLINE", "1")
+    assert Path(dataset_target(spec).source_file) == CDC_EXPORT.resolve()
+    assert set(DatasetLoadConfig.model_fields) == {"allow_shrink", "max_shrink_fraction", "skip_if_unchanged"}
+
+
+# ----------------------------------------------------------------------------- the scaffold
+def run_scaffold(tmp_path: Path, *extra: str) -> tuple[int, dict | None]:
+    output = tmp_path / "defs.yaml"
+    code = scaffold(
+        ["--domain", "data.cdc.gov", "--dataset", "xt86-xqxz", "--from-file", str(XT86), "--name", "nchs_visits",
+         "--key", "panel,unit,stub_label,year", "--output", str(output), "--force", *extra]
+    )
+    return code, yaml.safe_load(output.read_text()) if code == 0 else None
+
+
+def test_the_scaffold_derives_every_column_type_and_description_from_the_view_metadata(tmp_path: Path) -> None:
+    code, document = run_scaffold(tmp_path)
+    assert code == 0
+    view = xt86_view()
+    columns = document["attributes"]["columns"]
+    data_columns = [c for c in view.columns if not c.field_name.startswith(":") and c.data_type != "meta_data"]
+    assert list(columns) == [c.field_name for c in data_columns] and len(columns) == 16
+    expected = {"text": "TEXT", "number": "NUMERIC"}  # the two dataTypeNames xt86-xqxz uses
+    for column in data_columns:
+        declared = columns[column.field_name]
+        assert (declared["source_type"], declared["type"]) == (column.data_type, expected[column.data_type]), column.field_name
+        assert declared["description"] == (column.description or "")
+    # The declaration it wrote resolves, with the key as given.
+    spec = DatasetDeclaration.model_validate(document["attributes"]).to_spec(tmp_path / "defs.yaml")
+    assert spec.base.key == ("panel", "unit", "stub_label", "year") and len(spec.base.columns) == 16
+
+
+def test_each_socrata_data_type_maps_to_its_warehouse_type(tmp_path: Path) -> None:
+    mapping = {
+        "text": "TEXT", "number": "NUMERIC", "calendar_date": "DATE", "floating_timestamp": "TIMESTAMP",
+        "fixed_timestamp": "TIMESTAMPTZ", "checkbox": "BOOLEAN", "point": "JSONB", "location": "JSONB", "url": "JSONB",
+        "some_new_type": "TEXT",  # unknown: kept as delivered, with a note
+    }
+    view = {"columns": [{"fieldName": f"c_{t}", "dataTypeName": t} for t in mapping] + [{"fieldName": ":id", "dataTypeName": "meta_data"}]}
+    metadata = tmp_path / "view.json"
+    metadata.write_text(json.dumps(view))
+    output = tmp_path / "out.yaml"
+    assert scaffold(["--domain", "x.gov", "--dataset", "abcd-1234", "--from-file", str(metadata), "--name", "types",
+                     "--key", "c_text", "--output", str(output)]) == 0
+    columns = yaml.safe_load(output.read_text())["attributes"]["columns"]
+    assert {name: column["type"] for name, column in columns.items()} == {f"c_{t}": w for t, w in mapping.items()}
+    assert "not one this platform maps" in columns["c_some_new_type"]["description"]
+
+
+def test_a_type_override_wins_and_one_for_an_unknown_field_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    code, document = run_scaffold(tmp_path, "--type", "panel_num=BIGINT", "--type", "year_num=double precision")
+    assert code == 0
+    columns = document["attributes"]["columns"]
+    assert (columns["panel_num"]["type"], columns["panel_num"]["source_type"]) == ("BIGINT", "number")
+    assert columns["year_num"]["type"] == "DOUBLE PRECISION"
+    assert columns["unit_num"]["type"] == "NUMERIC"  # the others keep the derived type
+    code, _ = run_scaffold(tmp_path, "--type", "panel_number=BIGINT")
+    assert code == 1 and "panel_number" in capsys.readouterr().err
+    code, _ = run_scaffold(tmp_path, "--type", "panel_num=INTEGR")
+    assert code == 1 and "INTEGR" in capsys.readouterr().err
+
+
+def test_a_hand_written_type_overrides_the_derived_one() -> None:
+    attributes = cdc_attributes()
+    spec = DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML)
+    assert spec.base["tot_cases"].type == "BIGINT"  # source_type number would give NUMERIC
+    del attributes["columns"]["tot_cases"]["type"]
+    assert DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML).base["tot_cases"].type == "NUMERIC"
+
+
+# ----------------------------------------------------------------------------- errors name file and field
+def project_with(tmp_path: Path, attributes: dict) -> Path:
+    """A throwaway dg project whose one declaration has `attributes`."""
+    package = f"declared_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.dg]\ndirectory_type = "project"\n[tool.dg.project]\nroot_module = "{package}"\ndefs_module = "{package}.defs"\n'
+    )
+    folder = tmp_path / package / "defs" / "broken"
+    folder.mkdir(parents=True)
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "defs" / "__init__.py").write_text("")
+    attributes = {**attributes, "export_file": str(CDC_EXPORT)}
+    (folder / "defs.yaml").write_text(yaml.safe_dump({"type": "covid_assets.datasets.component.SocrataDataset", "attributes": attributes}))
+    return folder / "defs.yaml"
+
+
+def load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attributes: dict) -> tuple[Path, str]:
+    file = project_with(tmp_path, attributes)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Exception) as caught:
+        load_from_defs_folder(path_within_project=tmp_path)
+    return file, "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        # refused by pydantic while Dagster reads the YAML: the field's path, the file and line
+        (lambda a: a["base"].update(table="Cases-By-State"), "attributes.base.TableName.table at {file}:"),
+        (lambda a: a.update(max_shrink_fraction=2), "attributes.max_shrink_fraction.constrained-float at {file}:"),
+        # refused when the declaration resolves: "file: field: what is wrong"
+        (lambda a: a.update(key=["submission_date", "jurisdiction"]), "{file}: key: table cdc.cases_deaths_by_state: key column(s) jurisdiction"),
+        (lambda a: a["checks"]["ranges"].update(state={"min": 0}), "{file}: checks.ranges.state: 'state' is TEXT, not a number"),
+        (lambda a: a["columns"]["tot_cases"].update(type="INTEGR"), "{file}: columns.tot_cases.type: unknown column type 'INTEGR'"),
+        (lambda a: a.update(schedule="every day"), "{file}: schedule: 'every day' is not a cron schedule"),
+        (lambda a: a["checks"]["date_window"].update(earliest="22/01/2020"), "{file}: checks.date_window.earliest: '22/01/2020'"),
+    ],
+)
+def test_a_bad_declaration_is_refused_naming_the_file_and_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change, says) -> None:
+    attributes = cdc_attributes()
+    change(attributes)
+    file, message = load_error(tmp_path, monkeypatch, attributes)
+    assert says.format(file=file) in message, message[-2000:]
+
+
+def test_a_declaration_error_says_file_and_field_in_its_first_line(tmp_path: Path) -> None:
+    attributes = cdc_attributes()
+    attributes["series_key"] = ["jurisdiction"]
+    with pytest.raises(DeclarationError) as caught:
+        DatasetDeclaration.model_validate(attributes).to_spec(tmp_path / "defs.yaml")
+    assert str(caught.value).startswith(f"{tmp_path / 'defs.yaml'}: series_key[0]: 'jurisdiction' is not a declared column")
+
+
+# ----------------------------------------------------------------------------- dg
+def test_dg_check_defs_passes_from_the_repository_root(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAGSTER_HOME": str(tmp_path), "COLUMNS": "200"}
+    (tmp_path / "dagster.yaml").write_text("")
+    dg = Path(sys.executable).with_name("dg")
+    completed = subprocess.run([str(dg), "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+    assert "All definitions loaded successfully" in completed.stdout + completed.stderr
+
+
+# ----------------------------------------------------------------------------- offline loads into Postgres
+needs_loader = pytest.mark.skipif(not HAS_LOADER, reason="covid_assets.datasets.load is not on this branch yet")
+
+
+def materialize_cdc(url: str, instance=None, **run_config):
+    from dagster import AssetSelection, materialize
+
+    from covid_assets.sources.socrata import SocrataSource
+    from covid_assets.storage.postgres_io import warehouse_resources
+    from covid_assets_tests.helpers import deployment
+
+    defs = load_from_defs_folder(path_within_project=ROOT / "covid_assets")
+    with deployment(url, SOCRATA_OFFLINE="1"):
+        return materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=AssetSelection.assets(RAW, BASE),
+            resources={**warehouse_resources(), "socrata": SocrataSource()},
+            run_config={"ops": {"load_cdc_cases_deaths_by_state": {"config": run_config}}} if run_config else None,
+            raise_on_error=False,
+            instance=instance,
+        )
+
+
+@needs_loader
+def test_the_cdc_dataset_loads_offline_from_its_bundled_export_and_its_checks_pass(warehouse_url: str) -> None:
+    import pandas as pd
+
+    from covid_assets_tests.helpers import query
+
+    result = materialize_cdc(warehouse_url)
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == {"primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load"}
+    assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
+    export = pd.read_csv(CDC_EXPORT, dtype=str, keep_default_na=False)
+    assert query(warehouse_url, "SELECT count(*), count(DISTINCT state) FROM cdc.cases_deaths_by_state") == [(len(export), export.state.nunique())]
+    assert query(warehouse_url, "SELECT count(*) FROM cdc_raw.raw_cases_deaths_by_state") == [(len(export),)]
+    first = export.iloc[0]
+    month, day, year = first.submission_date.split("/")
+    row = query(
+        warehouse_url,
+        "SELECT tot_cases, conf_cases, new_case FROM cdc.cases_deaths_by_state WHERE state = %s AND submission_date = %s",
+        (first.state, f"{year}-{month}-{day}"),
+    )
+    assert row == [(int(first.tot_cases), int(first.conf_cases) if first.conf_cases else None, int(first.new_case))]
+
+
+@needs_loader
+def test_a_second_run_on_the_unchanged_export_writes_nothing(warehouse_url: str) -> None:
+    from dagster import DagsterInstance
+
+    from covid_assets_tests.helpers import query
+
+    with DagsterInstance.ephemeral() as instance:
+        first = materialize_cdc(warehouse_url, instance)
+        assert first.success
+        before = query(warehouse_url, "SELECT xmin::text, count(*) FROM cdc.cases_deaths_by_state GROUP BY 1")
+        raw_before = query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state")
+        second = materialize_cdc(warehouse_url, instance)
+        assert second.success
+        assert second.get_asset_materialization_events() == []
+        assert query(warehouse_url, "SELECT xmin::text, count(*) FROM cdc.cases_deaths_by_state GROUP BY 1") == before
+        assert query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state") == raw_before
+        tables = query(warehouse_url, "SELECT count(*) FROM pg_tables WHERE schemaname IN ('cdc', 'cdc_raw')")
+        assert tables == [(2,)]  # no staging table left behind
