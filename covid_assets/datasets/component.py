@@ -280,7 +280,7 @@ def load_dataset(
     fetched_at = dt.datetime.now(dt.UTC)
     with warehouse.transaction() as connection:
         try:
-            landing = land(connection, spec, source_pages(spec, socrata, target, signature), fetched_at)
+            landing = land(connection, spec, source_pages(spec, socrata, target, signature), fetched_at, source=source)
         except SocrataError as error:
             raise Failure(description=str(error), metadata={"transient": error.transient}) from error
         if still_stored and landing.content_hash == last.content_hash:
@@ -331,7 +331,7 @@ def source_pages(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarge
 
     if target.source_file:
         return export_pages(target.source_file)
-    return api_pages(dataset_client(spec, socrata, target))
+    return api_pages(dataset_client(spec, socrata, target), known_count=signature.row_count if signature else None)
 
 
 def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget) -> SourceSignature | None:

@@ -77,9 +77,6 @@ class ColumnDeclaration(Model):
     source_type: str | None = Field(default=None, description="Socrata dataTypeName the scaffold found, e.g. number")
     description: str = ""
     source: str | None = Field(default=None, description="The source field, when it differs from the column name")
-    format: str | None = Field(
-        default=None, description="How the source writes dates and timestamps (a Postgres to_date/to_timestamp pattern)"
-    )
 
 
 class RangeDeclaration(Model):
@@ -181,7 +178,7 @@ class DatasetDeclaration(Model):
         except SocrataError as error:
             raise DeclarationError(file, f"{field}.type", str(error)) from None
         source = column.source or name
-        return ColumnSpec(name, declared, column.description, source=column.source, lineage=(source,), format=column.format)
+        return ColumnSpec(name, declared, column.description, source=column.source, lineage=(source,))
 
     def _check_columns(self, file: Path, base: TableSpec) -> None:
         """Every column a check, the series key or the raw table names exists."""

@@ -39,9 +39,7 @@ class ColumnSpec:
     """One column: its warehouse type, what it means, and where its values come from.
 
     `source` is the source field a base column is typed from (its own name by default); `lineage`
-    names the upstream columns a derived column is computed from (for the UI's column lineage);
-    `format` says how the source writes a date or timestamp (a Postgres `to_date`/`to_timestamp`
-    pattern such as ``MM/DD/YYYY``), None when ISO or the loader's default layouts.
+    names the upstream columns a derived column is computed from (for the UI's column lineage).
     """
 
     name: str
@@ -49,7 +47,6 @@ class ColumnSpec:
     description: str = ""
     source: str | None = None
     lineage: tuple[str, ...] = ()
-    format: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in WAREHOUSE_TYPES:
