@@ -297,3 +297,44 @@ def test_a_second_run_on_the_unchanged_export_writes_nothing(warehouse_url: str)
         assert query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state") == raw_before
         tables = query(warehouse_url, "SELECT count(*) FROM pg_tables WHERE schemaname IN ('cdc', 'cdc_raw')")
         assert tables == [(2,)]  # no staging table left behind
+
+
+def test_each_declared_check_counts_the_rows_that_break_it(warehouse_url: str) -> None:
+    """The checks' SQL on a base table holding one offending row per check (and one good row)."""
+    import psycopg
+
+    from covid_assets.datasets.component import check_queries, evaluate
+    from covid_assets.storage.warehouse import WarehouseResource
+    from covid_assets_tests.helpers import deployment
+
+    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    columns = ", ".join(f"{c.name} {c.type}" for c in spec.base.columns)
+    good = {"submission_date": "2021-01-01", "state": "AL", "tot_cases": 5, "new_case": 1, "tot_death": 1, "new_death": 0,
+            "created_at": "2021-01-02", "consent_cases": "Agree"}
+    bad = [
+        {**good, "state": "AK"},  # a duplicate of the key below
+        {**good, "state": "AK"},
+        {**good, "state": None},  # null key
+        {**good, "state": "AZ", "tot_death": None},  # not_null
+        {**good, "state": "CA", "consent_cases": "maybe"},  # allowed_values
+        {**good, "state": "CO", "tot_cases": -1},  # ranges
+        {**good, "state": "CT", "submission_date": "2019-12-31"},  # date_window
+    ]
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute("CREATE SCHEMA cdc")
+        conn.execute(f"CREATE TABLE cdc.cases_deaths_by_state ({columns})")
+        for row in [good, *bad]:
+            conn.execute(
+                f"INSERT INTO cdc.cases_deaths_by_state ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})", list(row.values())
+            )
+    with deployment(warehouse_url):
+        results = {q.name: evaluate(BASE, q, WarehouseResource()) for q in check_queries(spec)}
+    assert not any(result.passed for result in results.values())
+    counts = {name: {k: v.value for k, v in result.metadata.items() if v.value} for name, result in results.items()}
+    assert counts == {
+        "primary_key": {"duplicate_keys": 1, "null_keys": 1},
+        "not_null": {"tot_death_violations": 1},
+        "allowed_values": {"consent_cases_violations": 1},
+        "ranges": {"tot_cases_violations": 1},
+        "date_window": {"submission_date_violations": 1},
+    }
