@@ -10,10 +10,11 @@ with its reference in the same run:
   2. writing the base table: IO manager vs bare ADBC append vs execute_values vs to_sql
   3. reading it back: IO manager vs ADBC fetch_arrow_table -> pandas
   4. the five summaries (pandas, and the same in SQL)
-  5. end to end: `dagster asset materialize --select '*'` (subprocess) vs the usual approach as
+  5. end to end: `dagster asset materialize` of the seven COVID tables (subprocess) vs the usual approach as
      one script (benchmarks/naive.py), wall time and peak RSS of the process tree
   6. a scheduled run when the source is unchanged (n/a until change detection exists)
   7. rewriting one daily partition of the base table vs a full write
+  8. a declared dataset (benchmarks/scale/defs.yaml) at --rows and at --scale-rows: wall time and peak RSS
 
 Prints a table and writes it, with machine, versions and the command, into docs/BENCHMARKS.md
 (between the markers, keeping the hand-written text around them).
@@ -41,14 +42,18 @@ BEGIN, END = "<!-- benchmark results: begin (written by benchmarks/run.py) -->",
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from benchmarks.dataset import DEFAULT_ROWS, DEFAULT_SEED
+    from benchmarks.scale import SCALE_ROWS
 
     parser = argparse.ArgumentParser(prog="./dev bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement; the median is reported (default 3)")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="per-request latency of the fake Socrata server (default 50)")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows in the synthetic dataset (default {DEFAULT_ROWS:,})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic dataset")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 30,000 rows, 1 repetition, docs not written")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 30,000 rows (300,000 for 8), 1 repetition, docs not written")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
+    parser.add_argument(
+        "--scale-rows", type=int, default=SCALE_ROWS, help=f"measurement 8's large size (default {SCALE_ROWS:,}, ~10x the data)"
+    )
     parser.add_argument("--gzip", action="store_true", help="serve gzip-compressed bodies (as Socrata does); default off")
     parser.add_argument(
         "--scheduled", choices=("auto", "on", "off"), default="auto",
@@ -62,6 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             args.rows = 30_000
         if "--reps" not in argv:
             args.reps = 1
+        if "--scale-rows" not in argv:
+            args.scale_rows = 300_000
     if args.reps < 1 or args.rows < 1000:
         parser.error("--reps must be >= 1 and --rows >= 1000")
     args.only = {part.strip() for part in args.only.split(",") if part.strip()}
@@ -82,7 +89,7 @@ def main(argv: list[str]) -> int:
     log(f"generating {args.rows:,} rows and starting the fake Socrata server ({args.latency_ms:.0f} ms latency)")
     server = ServerProcess(args.rows, args.seed, args.latency_ms / 1000, compress=args.gzip)
     try:
-        from benchmarks import report, sections, unchanged
+        from benchmarks import report, scale, sections, unchanged
         from benchmarks.dataset import describe, generate
         from benchmarks.pg import Postgres
         from covid_assets.assets.parsing import type_test_results
@@ -108,6 +115,8 @@ def main(argv: list[str]) -> int:
                 rows += unchanged.scheduled_unchanged(bench, args.scheduled)
             if "7" in args.only:
                 rows += sections.partition_rewrite(bench)
+            if "8" in args.only:
+                rows += scale.scale(bench, args.scale_rows, args.seed)
             versions = {"covid_assets": report.code_version(ROOT), **report.versions(pg.describe())}
         finally:
             if bench is not None:

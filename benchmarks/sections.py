@@ -27,7 +27,7 @@ from benchmarks.measure import Timing, clean_env, repeat, run_process
 from benchmarks.pg import Postgres
 from benchmarks.report import Row
 from benchmarks.server import ServerProcess
-from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, PRIMARY_KEY
+from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, PRIMARY_KEY, TABLE_ASSET_KEYS
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -39,7 +39,9 @@ from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTa
 from covid_assets.storage.postgres_io import PandasArrowTypeHandler, PostgresClient, to_postgres_arrow
 
 REPO = Path(__file__).resolve().parents[1]
-MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", "*"]
+# The COVID tables (the code location also holds the declared datasets, fetched from their own domains).
+COVID_TABLES = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
+MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", COVID_TABLES]
 
 
 class Deployment:
@@ -492,7 +494,7 @@ def end_to_end(b: Bench) -> list[Row]:
     naive_info = info["naive"]
     return [
         Row(
-            "5a", "end to end: dagster asset materialize --select '*' (7 assets)", dagster, b.n,
+            "5a", "end to end: dagster asset materialize of the 7 COVID tables", dagster, b.n,
             ratio=f"{ratio:.2f}× 5b", target="≤ 10 s; ≤ 0.5× 5b; ≤ 600 MB", verdict=verdict(ok),
             note=(
                 f"CLI subprocess, in-process executor, warm embedded Postgres, tables already present (daily replace), "
