@@ -29,15 +29,12 @@ Two operational duties live here too, because only this step knows why a run sto
   a refusal (bad rows, a shrinking source, a failed check) is never retried.
 """
 
-import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -63,13 +60,17 @@ from covid_assets.assets.tables import (
     definition_metadata,
 )
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT
+from covid_assets.datasets.extra_columns import (  # shared with the declared datasets' streaming loader
+    MAX_EXTRA_COLUMNS,
+    MAX_EXTRA_NAME_CHARS,
+    extra_keys as _extra_keys,
+    json_objects as _json_objects,
+    without_nul as _without_nul,
+)
 from covid_assets.freshness import confirmation_materializations
 from covid_assets.settings import env_float
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, Extract, SocrataError, SocrataSource, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
-
-MAX_EXTRA_COLUMNS = 1_000
-MAX_EXTRA_NAME_CHARS = 1_000
 
 SOURCE_UNCHANGED_TAG = "covid/source_unchanged"
 # Run retries (dagster.yaml `run_retries`) retry nothing by default; a run that failed on a transient
@@ -334,91 +335,6 @@ def landing_frame(delivered: pd.DataFrame) -> Landing:
     objects = _json_objects({key: columns[name] for name, key in kept}, table.num_rows)
     frame[EXTRA_COLUMNS] = pd.Series(pd.arrays.ArrowExtensionArray(objects), index=frame.index)
     return Landing(frame=frame, extras=[name for name, _ in kept], dropped=dropped, nul_values=nul_values)
-
-
-def _extra_keys(names: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(source name, JSON key) of the extra columns kept, and the names dropped, within the bounds."""
-    kept: list[tuple[str, str]] = []
-    dropped: list[str] = []
-    keys: set[str] = set()
-    for name in names:
-        key = name.replace("\x00", "")
-        if len(kept) >= MAX_EXTRA_COLUMNS or len(name) > MAX_EXTRA_NAME_CHARS or key in keys or not _is_utf8(key):
-            dropped.append(name)
-            continue
-        kept.append((name, key))
-        keys.add(key)
-    return kept, dropped
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate, which JSON keys and Postgres reject
-        return False
-    return True
-
-
-def _json_objects(columns: dict[str, pa.ChunkedArray], rows: int) -> pa.ChunkedArray:
-    """One JSON object per row, {"key": "value", ...} of the non-null values; NULL when there are none.
-
-    Built column-wise (Arrow string kernels): ',"key":"value"' per column and row ('' for a
-    null), concatenated, first comma cut. (`binary_join_element_wise` with null_handling="skip"
-    is avoided: pyarrow 26 drops the rows whose inputs are all null.)
-    """
-    if not columns:
-        return pa.chunked_array([pa.nulls(rows, pa.string())]).cast(pa.json_())
-
-    def text(value: str | None) -> pa.Scalar:
-        return pa.scalar(value, pa.large_string())  # the type pandas' string columns have
-
-    if len(columns) == 1:  # the usual case (geocoded_state): one join, a null value gives a null object
-        ((key, values),) = columns.items()
-        prefix = text("{" + json.dumps(key, ensure_ascii=False) + ':"')
-        return pc.binary_join_element_wise(prefix, _json_text(values.cast(pa.large_string())), text('"}'), text("")).cast(pa.json_())
-    members = [
-        pc.fill_null(
-            pc.binary_join_element_wise(
-                text("," + json.dumps(key, ensure_ascii=False) + ':"'), _json_text(values.cast(pa.large_string())), text('"'), text("")
-            ),
-            text(""),
-        )
-        for key, values in columns.items()
-    ]
-    body = pc.binary_join_element_wise(*members, text(""))
-    objects = pc.binary_join_element_wise(text("{"), pc.utf8_slice_codeunits(body, 1), text("}"), text(""))
-    return pc.if_else(pc.equal(body, text("")), text(None), objects).cast(pa.json_())
-
-
-def _json_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """The inside of a JSON string literal for each value (RFC 8259 escapes; NUL bytes already gone)."""
-    if _may_contain(values, lambda data: (data == ord("\\")).any()):
-        values = pc.replace_substring(values, "\\", "\\\\")
-    if _may_contain(values, lambda data: (data == ord('"')).any()):
-        values = pc.replace_substring(values, '"', '\\"')
-    if _may_contain(values, lambda data: data.min() < 0x20):
-        for code in range(1, 0x20):
-            values = pc.replace_substring(values, chr(code), f"\\u{code:04x}")
-    return values
-
-
-def _without_nul(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, int]:
-    """The values without NUL bytes, and how many values had one."""
-    if not _may_contain(values, lambda data: (data == 0).any()):
-        return values, 0
-    has_nul = pc.match_substring(values, "\x00")
-    return pc.replace_substring(values, "\x00", ""), int(pc.sum(has_nul).as_py() or 0)
-
-
-def _may_contain(values: pa.ChunkedArray, test: Callable[[np.ndarray], bool]) -> bool:
-    """`test` on the raw bytes of each chunk's data buffer (no copy; may include bytes outside a
-    sliced chunk, so True can be a false alarm, False is certain): a scan of a few ms per 243k
-    values, where a string kernel takes 5-30 ms."""
-    for chunk in values.chunks:
-        data = chunk.buffers()[2] if chunk.null_count < len(chunk) else None
-        if data is not None and data.size and test(np.frombuffer(data, dtype=np.uint8)):
-            return True
-    return False
 
 
 def _as_pandas(values: pa.ChunkedArray, index: pd.Index) -> pd.Series:
