@@ -1,0 +1,532 @@
+"""The streaming warehouse path of a declared dataset: land, gate, publish, merge, all in SQL.
+
+A delivery of any size passes through the Python process one page at a time: each all-string
+Arrow page is COPYed (ADBC `adbc_ingest`, binary COPY) into a staging table and let go, so
+memory is bounded by a page whatever the dataset's size. Everything else happens in the
+warehouse, set-based, inside the caller's one transaction (`WarehouseResource.transaction()`):
+
+1. `land`: pages -> a temporary staging table holding the raw columns as delivered (TEXT), the
+   source columns the declaration does not name as one JSONB object per row (`extra_columns`,
+   the same bounds and NUL handling as the COVID raw asset), `fetched_at`, and the row's
+   position in the delivery (`:row`, so "the last delivered duplicate wins" is decided in SQL).
+   A running content hash (change detection) is kept on the way.
+2. `gate`: types every staged row in one statement (`sql_typing`), refuses the delivery if any
+   value given cannot be typed or a key is missing (`InvalidRowsError`, worded as the COVID
+   parser's), keeps the last delivered row of each key, then compares it with the stored base
+   table (`ShrinkingSourceError`, worded as the COVID guard's). Nothing stored is touched.
+3. `publish_raw` replaces the raw table's rows; `merge_base` applies the keyed difference to the
+   base table (delete the withdrawn keys, update the revised rows, insert the added ones).
+4. `discard` drops the staging tables when the source turns out unchanged.
+
+The staging tables are temporary (`ON COMMIT DROP`), named after the dataset so two datasets
+of one run never share one; a rollback leaves nothing behind. Writers of the raw and base
+tables take the same transaction-scoped advisory lock as the IO manager, so two runs take turns.
+Requires PostgreSQL 16+ (`pg_input_is_valid`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import adbc_driver_postgresql.dbapi as adbc
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from covid_assets.assets.guards import ShrinkingSourceError
+from covid_assets.assets.parsing import InvalidRowsError
+from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
+from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
+from covid_assets.datasets.sql_typing import rule, trimmed
+from covid_assets.datasets.table_spec import TableSpec
+from covid_assets.sources.socrata.errors import SocrataError, clip
+
+__all__ = [
+    "Gate",
+    "InvalidRowsError",
+    "Landing",
+    "MergeCounts",
+    "ShrinkingSourceError",
+    "discard",
+    "gate",
+    "land",
+    "merge_base",
+    "publish_raw",
+]
+
+ROW = ":row"  # the staged row's 0-based position in the delivery (no source field starts with ":")
+MAX_REPORTED_BAD_ROWS = 5
+MAX_REPORTED_SERIES = 10
+NUL_MARK = "\\u0000"  # stands for a NUL byte in a value that must be typed: valid as no type, visible in the report
+_HASH_KEY_BYTES = 16
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Landing:
+    """A delivery staged in the warehouse, and what had to change on the way."""
+
+    spec: DatasetSpec
+    table: str  # the temporary staging table (pg_temp)
+    rows: int
+    pages: int
+    content_hash: str  # of the delivery as sent: changes with any value, column or row order, and nothing else
+    columns: tuple[str, ...]  # every source column delivered, in first-seen order
+    extras: tuple[str, ...]  # source columns kept in extra_columns
+    dropped: tuple[str, ...]  # source columns left out (beyond the bounds)
+    nul_values: int  # values with a NUL byte (removed from free text; a bad row where a value must be typed)
+    fetched_at: dt.datetime
+
+    def metadata(self) -> dict[str, object]:
+        entries: dict[str, object] = {
+            "source_rows": self.rows,
+            "pages": self.pages,
+            "content_hash": self.content_hash,
+            "extra_columns": _names(self.extras) or "none",
+        }
+        if self.dropped:
+            entries["extra_columns_dropped"] = _names(self.dropped)
+        if self.nul_values:
+            entries["nul_values"] = self.nul_values
+        return entries
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.dropped:
+            notes.append(
+                f"{len(self.dropped)} source column(s) not stored (beyond {MAX_EXTRA_COLUMNS:,} extra columns, a name over "
+                f"{MAX_EXTRA_NAME_CHARS:,} characters or not UTF-8, or a repeated name): {_names(self.dropped)}"
+            )
+        if self.nul_values:
+            notes.append(f"NUL bytes removed from {self.nul_values:,} source value(s) (Postgres text cannot hold them)")
+        return notes
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The delivery typed and checked: `rows` unique keys, staged in `table`, ready to merge."""
+
+    landing: Landing
+    table: str
+    rows: int
+    duplicates_dropped: int
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    total: int  # rows in the base table after the merge
+    added: int
+    revised: int
+    withdrawn: int
+
+
+# ----------------------------------------------------------------------------- land
+def land(
+    connection: adbc.Connection,
+    spec: DatasetSpec,
+    pages: Iterable[pa.Table],
+    fetched_at: dt.datetime,
+    *,
+    source: str = "the delivery",
+) -> Landing:
+    """COPY every page into a fresh staging table; refuse a delivery without rows or without a required column.
+
+    The required columns are checked once the last page is in: an API page leaves out a column
+    that is empty on all its rows, so only the whole delivery can show one missing. The caller's
+    transaction holds the staging table; a refusal here leaves the stored tables untouched.
+    """
+    table = _staging_name("raw", spec)
+    _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(table)))
+    _execute(connection, _create_staging(table, spec.raw, fetched_at))
+    stager = _Stager(spec)
+    with connection.cursor() as cursor:
+        for page in pages:
+            if page.num_rows:
+                cursor.adbc_ingest(table, stager.landed(page), mode="append", temporary=True)
+    _refuse_incomplete(spec, stager, source)
+    return Landing(
+        spec=spec,
+        table=table,
+        rows=stager.rows,
+        pages=stager.pages,
+        content_hash=stager.digest.hexdigest()[:32],
+        columns=tuple(stager.seen),
+        extras=tuple(name for name, _ in stager.kept),
+        dropped=tuple(stager.dropped),
+        nul_values=stager.nul_values,
+        fetched_at=fetched_at,
+    )
+
+
+def _refuse_incomplete(spec: DatasetSpec, stager: _Stager, source: str) -> None:
+    if stager.rows == 0:
+        raise SocrataError(f"source returned no rows: {source} has no data rows; refusing to replace the warehouse with nothing")
+    if missing := [name for name in spec.required if name not in stager.seen]:
+        raise SocrataError(
+            f"{source}: required column(s) missing: {', '.join(missing)} "
+            f"(columns present: {clip(', '.join(stager.seen)) if stager.seen else 'none'})"
+        )
+
+
+def _staging_name(kind: str, spec: DatasetSpec) -> str:
+    """Per dataset (and table pair), within Postgres' 63-byte identifiers, so datasets never collide."""
+    digest = hashlib.sha1(f"{spec.raw.qualified_name}|{spec.base.qualified_name}".encode()).hexdigest()[:10]
+    return f"stage_{kind}_{spec.name[:36]}_{digest}"
+
+
+def _create_staging(table: str, raw: TableSpec, fetched_at: dt.datetime) -> sql.Composed:
+    """The raw columns with their TEXT/JSONB types, the delivery position first; fetched_at is a default (not sent)."""
+    columns = [sql.SQL("{} bigint NOT NULL").format(sql.Identifier(ROW))]
+    for column in raw.columns:
+        default = sql.SQL(" DEFAULT {}").format(sql.Literal(fetched_at)) if column.name == FETCHED_AT else sql.SQL("")
+        columns.append(sql.SQL("{} {}{}").format(sql.Identifier(column.name), sql.SQL(column.type), default))
+    return sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(table), sql.SQL(", ").join(columns))
+
+
+class _Stager:
+    """Turns delivered pages into staging pages, keeping the running totals of the delivery."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.fields = [column.name for column in spec.raw.columns if column.name not in (EXTRA_COLUMNS, FETCHED_AT)]
+        self.typed_fields = {column.source_field for column in spec.base.columns if column.type != "TEXT"}
+        self.digest = hashlib.sha256()
+        self.seen: dict[str, None] = {}
+        self.kept: list[tuple[str, str]] = []
+        self.dropped: list[str] = []
+        self.rows = self.pages = self.nul_values = 0
+
+    def landed(self, page: pa.Table) -> pa.Table:
+        """The page as the staging table takes it: raw fields (NUL bytes handled), extras as JSON, positions."""
+        self.digest.update(_row_hashes(page).tobytes())
+        self.seen.update(dict.fromkeys(page.column_names))
+        self.kept, self.dropped = extra_keys([name for name in self.seen if name not in self.fields])
+        columns = {ROW: pa.array(np.arange(self.rows, self.rows + page.num_rows, dtype=np.int64))}
+        for name in self.fields:
+            columns[name] = self._text(page, name)
+        present = {key: self._without_nul(page[name]) for name, key in self.kept if name in page.column_names}
+        columns[EXTRA_COLUMNS] = json_objects(present, page.num_rows)
+        self.rows += page.num_rows
+        self.pages += 1
+        return pa.table(columns)
+
+    def _text(self, page: pa.Table, name: str) -> pa.ChunkedArray:
+        if name not in page.column_names:
+            return pa.chunked_array([pa.nulls(page.num_rows, pa.string())])
+        values = _as_string(page[name])
+        if name in self.typed_fields:  # a NUL must make the value bad, not quietly vanish ("1<NUL>2" is not 12)
+            values, marked = _mark_nul(values)
+            self.nul_values += marked
+            return values
+        return self._without_nul(values)
+
+    def _without_nul(self, values: pa.ChunkedArray) -> pa.ChunkedArray:
+        values, removed = without_nul(_as_string(values))
+        self.nul_values += removed
+        return values
+
+
+def _as_string(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    return values if values.type == pa.string() else values.cast(pa.string())
+
+
+def _mark_nul(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, int]:
+    stripped, count = without_nul(values)
+    if not count:
+        return values, 0
+    return pc.replace_substring(values, "\x00", NUL_MARK), count
+
+
+def _row_hashes(page: pa.Table) -> np.ndarray:
+    """One 64-bit hash per row over every delivered (column, value), a missing value adding nothing.
+
+    Summed per row over keyed per-column hashes, so a row's hash depends on its values and their
+    column names only: not on where pages break, on column order, or on whether an empty column
+    was sent at all (an API page leaves such a column out). Concatenated in delivery order, the
+    hashes make the content hash order-sensitive, as Socrata's :id order is stable.
+    """
+    total = np.zeros(page.num_rows, dtype=np.uint64)
+    for name, values in zip(page.column_names, page.columns):
+        key = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        strings = pd.Series(pd.arrays.ArrowStringArray(_as_string(values).cast(pa.large_string())))
+        hashes = pd.util.hash_pandas_object(strings, index=False, hash_key=key).to_numpy()
+        total += np.where(values.is_null().to_numpy(zero_copy_only=False), np.uint64(0), hashes)
+    return total
+
+
+# ----------------------------------------------------------------------------- gate
+def gate(
+    connection: adbc.Connection, spec: DatasetSpec, landing: Landing, *, allow_shrink: bool, max_shrink_fraction: float
+) -> Gate:
+    """Type the staged rows, refuse bad rows and a shrinking source, keep the last delivered row of each key."""
+    typed_all = _staging_name("typed_all", spec)
+    typing = _Typing(spec, landing.table)
+    _execute(connection, typing.create_all(typed_all))
+    total, bad = _execute(connection, sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM pg_temp.{}").format(
+        sql.Identifier(_BAD), sql.Identifier(typed_all)))[0]
+    if bad:
+        raise InvalidRowsError(_bad_rows_message(connection, typing, total, bad))
+    table = _staging_name("typed", spec)
+    rows = _execute_count(connection, typing.create_unique(table, typed_all))
+    _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
+    if not allow_shrink:
+        _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
+    return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=total - rows)
+
+
+_BAD = ":bad"
+
+
+class _Typing:
+    """The typing statement of one dataset: base column i from its staged text t_i, via its type's rule.
+
+    An optimisation fence (OFFSET 0) keeps Postgres from inlining the inner level, so each value is
+    trimmed and prepared once, however often the outer levels refer to it.
+    """
+
+    def __init__(self, spec: DatasetSpec, staging: str) -> None:
+        self.spec = spec
+        self.staging = staging
+        self.columns = spec.base.columns
+        self.key = set(spec.base.key)
+
+    def _text(self, i: int) -> sql.Identifier:
+        return sql.Identifier(f"t{i}")
+
+    def _value(self, i: int) -> sql.Identifier:
+        return sql.Identifier(f"v{i}")
+
+    def problems(self) -> list[tuple[str, sql.Composable]]:
+        """(what is wrong, the predicate on t_i/v_i) per column: a value given but not typed; a missing key."""
+        found: list[tuple[str, sql.Composable]] = []
+        for i, column in enumerate(self.columns):
+            if column.type != "TEXT":
+                found.append(
+                    (f"bad {column.name} ({rule(column.type).expected})",
+                     sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(self._text(i), self._value(i)))
+                )
+            if column.name in self.key:
+                found.append((f"missing {column.name}", sql.SQL("({} IS NULL AND {} IS NULL)").format(self._text(i), self._value(i))))
+        return found
+
+    def _prepared(self, i: int) -> sql.Identifier:
+        return sql.Identifier(f"n{i}")
+
+    def typed_rows(self) -> sql.Composed:
+        """Every staged row: its position, t_i (trimmed text) and v_i (typed value, NULL when not valid)."""
+        inner = sql.SQL(", ").join(
+            sql.SQL("{t} AS {ti}, {prepared} AS {ni}").format(
+                t=trimmed(sql.Identifier(column.source_field)),
+                ti=self._text(i),
+                prepared=rule(column.type).prepare(trimmed(sql.Identifier(column.source_field))),
+                ni=self._prepared(i),
+            )
+            for i, column in enumerate(self.columns)
+        )
+        outer = sql.SQL(", ").join(
+            sql.SQL("{t}, CASE WHEN {valid} THEN {cast} END AS {v}").format(
+                t=self._text(i),
+                valid=rule(column.type).valid(self._prepared(i)),
+                cast=rule(column.type).cast(self._prepared(i)),
+                v=self._value(i),
+            )
+            for i, column in enumerate(self.columns)
+        )
+        return sql.SQL("SELECT {row}, {outer} FROM (SELECT {row}, {inner} FROM pg_temp.{staging} OFFSET 0) AS prepared").format(
+            row=sql.Identifier(ROW), outer=outer, inner=inner, staging=sql.Identifier(self.staging)
+        )
+
+    def create_all(self, table: str) -> sql.Composed:
+        """Every row typed, with a flag for any problem (the counts per problem are only needed on failure)."""
+        named = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(self._value(i), sql.Identifier(column.name)) for i, column in enumerate(self.columns)
+        )
+        any_problem = sql.SQL(" OR ").join(predicate for _, predicate in self.problems()) if self.problems() else sql.SQL("false")
+        return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {}, {}, {} AS {} FROM ({}) AS typed").format(
+            sql.Identifier(table), sql.Identifier(ROW), named, any_problem, sql.Identifier(_BAD), self.typed_rows()
+        )
+
+    def create_unique(self, table: str, typed_all: str) -> sql.Composed:
+        """One row per key: the last delivered (the highest position), as a full refresh of the source says."""
+        names = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.column_names))
+        key = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.key))
+        if not self.spec.base.key:
+            return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM pg_temp.{}").format(
+                sql.Identifier(table), names, sql.Identifier(typed_all))
+        return sql.SQL(
+            "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT DISTINCT ON ({key}) {names} FROM pg_temp.{} ORDER BY {key}, {row} DESC"
+        ).format(sql.Identifier(table), sql.Identifier(typed_all), key=key, names=names, row=sql.Identifier(ROW))
+
+
+def _bad_rows_message(connection: adbc.Connection, typing: _Typing, total: int, bad: int) -> str:
+    """Worded as the COVID parser's: how many rows of how many, per problem, the first rows as delivered."""
+    problems = typing.problems()
+    counts_sql = sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE {})").format(predicate) for _, predicate in problems)
+    counts = _execute(connection, sql.SQL("SELECT {} FROM ({}) AS typed").format(counts_sql, typing.typed_rows()))[0]
+    flags = sql.SQL(", ").join(predicate for _, predicate in problems)
+    fields = [column.source_field for column in typing.columns]
+    first = _execute(
+        connection,
+        sql.SQL("SELECT typed.{row}, {values}, {flags} FROM ({typed}) AS typed JOIN pg_temp.{staging} AS s USING ({row}) "
+                "WHERE {any} ORDER BY typed.{row} LIMIT {limit}").format(
+            row=sql.Identifier(ROW),
+            values=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(name)) for name in fields),
+            flags=flags,
+            typed=typing.typed_rows(),
+            staging=sql.Identifier(typing.staging),
+            any=sql.SQL(" OR ").join(predicate for _, predicate in problems),
+            limit=sql.Literal(MAX_REPORTED_BAD_ROWS),
+        ),
+    )
+    lines = []
+    for position, *rest in first:
+        values, flagged = rest[: len(fields)], rest[len(fields):]
+        reasons = ", ".join(name for (name, _), hit in zip(problems, flagged) if hit)
+        shown = clip({name: value if value is None else clip(value, 60) for name, value in zip(fields, values)})
+        lines.append(f"  source row {position}: {reasons}: {shown}")
+    per_problem = ", ".join(f"{name}: {count}" for (name, _), count in zip(problems, counts) if count)
+    return f"{bad} of {total} source rows cannot be typed ({per_problem}); first rows:\n" + "\n".join(lines)
+
+
+def _refuse_shrinking(connection: adbc.Connection, spec: DatasetSpec, typed: str, rows: int, max_shrink_fraction: float) -> None:
+    """Worded as the COVID guard's: too few rows for the floor, or whole series of `series_key` gone."""
+    base = spec.base
+    _lock(connection, base)
+    if not _table_exists(connection, base):
+        return
+    stored = _execute(connection, sql.SQL("SELECT count(*) FROM {}").format(_qualified(base)))[0][0]
+    if stored == 0:
+        return
+    problems = []
+    if rows < stored * (1 - max_shrink_fraction):
+        problems.append(
+            f"the source has {rows:,} rows, the stored table {stored:,} "
+            f"({1 - rows / stored:.1%} fewer; at most {max_shrink_fraction:.0%} allowed)"
+        )
+    if spec.series_key and (lost := _lost_series(connection, spec, typed)):
+        count, shown = lost
+        more = f" and {count - len(shown)} more" if count > len(shown) else ""
+        problems.append(f"{count} ({', '.join(spec.series_key)}) series disappeared: {', '.join(shown)}{more}")
+    if problems:
+        raise ShrinkingSourceError(
+            f"refusing to replace {base.qualified_name}: " + "; ".join(problems) + ". Nothing was written. "
+            "If the source really shrank, re-run with run config `allow_shrink: true` for the raw asset."
+        )
+
+
+def _lost_series(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> tuple[int, list[str]] | None:
+    """How many series the stored base has and the delivery lacks, and the first few (sorted), as "a/b"."""
+    series = sql.SQL(", ").join(map(sql.Identifier, spec.series_key))
+    shown = sql.SQL(" || '/' || ").join(sql.SQL("coalesce({}::text, 'NULL')").format(sql.Identifier(c)) for c in spec.series_key)
+    rows = _execute(
+        connection,
+        sql.SQL(
+            "WITH lost AS (SELECT {s} FROM {base} EXCEPT SELECT {s} FROM pg_temp.{typed}) "
+            "SELECT count(*) OVER (), {shown} FROM lost ORDER BY {s} LIMIT {limit}"
+        ).format(s=series, base=_qualified(spec.base), typed=sql.Identifier(typed), shown=shown, limit=sql.Literal(MAX_REPORTED_SERIES)),
+    )
+    if not rows:
+        return None
+    return rows[0][0], [clip(name, 60) for _, name in rows]
+
+
+# ----------------------------------------------------------------------------- publish and merge
+def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing) -> None:
+    """Replace the raw table's rows with the staged delivery (created on first use, never dropped).
+
+    TRUNCATE + INSERT rather than a swap of tables: analysts' views, grants and indexes on the raw
+    table survive, as with every table the IO manager writes, and readers see the old rows until
+    the run commits.
+    """
+    raw = spec.raw
+    _lock(connection, raw)
+    _create_table(connection, raw)
+    names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
+    _execute(connection, sql.SQL("TRUNCATE {}").format(_qualified(raw)))
+    _execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
+        _qualified(raw), sql.Identifier(landing.table), n=names))
+
+
+def merge_base(connection: adbc.Connection, spec: DatasetSpec, gate: Gate) -> MergeCounts:
+    """Make the base table equal the typed delivery by key, writing only what changed.
+
+    Withdrawn keys are deleted, revised rows (any column IS DISTINCT FROM) updated, new keys
+    inserted; an unchanged row is not rewritten, so the table and its key index stay free of churn.
+    """
+    base = spec.base
+    if not base.key:
+        raise ValueError(f"{base.qualified_name}: a keyed merge needs a key (declare the base table's key columns)")
+    _lock(connection, base)
+    _create_table(connection, base, primary_key=True)
+    staged = sql.SQL("pg_temp.{}").format(sql.Identifier(gate.table))
+    matched = sql.SQL(" AND ").join(sql.SQL("b.{c} = t.{c}").format(c=sql.Identifier(c)) for c in base.key)
+    values = [name for name in base.column_names if name not in base.key]
+    withdrawn = _execute_count(connection, sql.SQL(
+        "DELETE FROM {} AS b WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})").format(_qualified(base), staged, matched))
+    revised = 0
+    if values:
+        revised = _execute_count(connection, sql.SQL(
+            "UPDATE {} AS b SET {} FROM {} AS t WHERE {} AND ({}) IS DISTINCT FROM ({})").format(
+            _qualified(base),
+            sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in values),
+            staged,
+            matched,
+            sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in values),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values),
+        ))
+    names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
+    added = _execute_count(connection, sql.SQL(
+        "INSERT INTO {} ({n}) SELECT {tn} FROM {} AS t WHERE NOT EXISTS (SELECT FROM {} AS b WHERE {})").format(
+        _qualified(base), staged, _qualified(base), matched, n=names,
+        tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in base.column_names)))
+    return MergeCounts(total=gate.rows, added=added, revised=revised, withdrawn=withdrawn)
+
+
+def discard(connection: adbc.Connection, landing: Landing) -> None:
+    """Drop the staging tables of a delivery that will not be published (the source was unchanged)."""
+    for kind in ("raw", "typed_all", "typed"):
+        _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(_staging_name(kind, landing.spec))))
+
+
+# ----------------------------------------------------------------------------- SQL helpers
+def _qualified(table: TableSpec) -> sql.Identifier:
+    return sql.Identifier(table.schema, table.name)
+
+
+def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> None:
+    columns = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in table.columns]
+    if primary_key and table.key:
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
+    _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
+    _execute(connection, sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(_qualified(table), sql.SQL(", ").join(columns)))
+
+
+def _table_exists(connection: adbc.Connection, table: TableSpec) -> bool:
+    return _execute(connection, sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(_qualified(table).as_string())))[0][0]
+
+
+def _lock(connection: adbc.Connection, table: TableSpec) -> None:
+    """The IO manager's writer lock on the table (see postgres_io.delete_table_slice): runs take turns."""
+    _execute(connection, sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(sql.Literal(_qualified(table).as_string())))
+
+
+def _execute(connection: adbc.Connection, statement: sql.Composable, params: Sequence[object] = ()) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string(), params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _execute_count(connection: adbc.Connection, statement: sql.Composable) -> int:
+    """Rows a data-changing statement touched (CREATE TABLE AS, INSERT, UPDATE, DELETE)."""
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string())
+        return cursor.rowcount
+
+
+def _names(names: Sequence[str], limit: int = 300) -> str:
+    text = ", ".join(repr(name[:60] + "..." if len(name) > 60 else name) for name in names)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(names):,} in all)"

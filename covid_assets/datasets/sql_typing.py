@@ -1,0 +1,145 @@
+"""How a value as delivered (text) becomes a warehouse value, in SQL: one rule per warehouse type.
+
+The loader types whole tables in a statement or two (`datasets/load.py`), so each rule is a pair
+of SQL expressions over the trimmed text `t` of one value (never blank: blank is NULL for every
+type): a validity predicate that never raises, and a cast that cannot fail where the predicate
+holds. A value given but not valid is a bad row, refused with the delivery, never read another way.
+
+* TEXT: any text (trimmed).
+* BIGINT: a whole number (optional sign, decimal digits) in the BIGINT range.
+* NUMERIC: a decimal number, optionally with an exponent (at most 3 digits: the value always fits).
+* DOUBLE PRECISION: the same, within the range of a double (no NaN or Infinity).
+* DATE, TIMESTAMP: ISO ``YYYY-MM-DD`` (with an optional ``THH:MM:SS[.fff]`` or `` HH:MM:SS``, as
+  Socrata's floating timestamps are), ``YYYY/MM/DD``, and the US ``MM/DD/YYYY`` with an optional
+  ``HH:MM[:SS] AM/PM`` (CDC exports). A DATE ignores a time of day. Each layout is rewritten to
+  ISO before Postgres reads it, so the session's DateStyle never decides what a date means.
+* TIMESTAMPTZ: the same layouts with an optional zone (``Z``, ``+HH``, ``+HH:MM``); none is UTC.
+* BOOLEAN: ``true`` or ``false``, in any case.
+* JSONB: any valid JSON that jsonb can hold.
+
+Calendar and range validity come from Postgres itself (`pg_input_is_valid`, PostgreSQL 16+), so
+February 30th or a 20-digit count is refused exactly where a cast would fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from covid_assets.sources.socrata.metadata import WAREHOUSE_TYPES, WarehouseType
+
+__all__ = ["TypeRule", "RULES", "rule", "trimmed"]
+
+_WHITESPACE = " \t\r\n"
+_SIGNED_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+_TIME = r"\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?"
+_ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)"
+_HAS_ZONE = rf"\d:\d{{2}}(:\d{{2}}(\.\d+)?)?( ?[AaPp][Mm])? ?{_ZONE}$"  # a zone after a time (a date's "-23" is not one)
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """The SQL that types one value, in two steps so costly text work is done once per value:
+    `prepare(t)` rewrites the trimmed text (dates to ISO; NULL when no accepted layout matches),
+    then `valid(n)` (never raises, false for NULL) and `cast(n)` (safe where valid) read the result."""
+
+    type: WarehouseType
+    expected: str  # what a valid value is, for the bad-row report
+    valid_template: str  # SQL with {n} standing for the prepared text
+    cast_template: str
+    prepare_template: str = "{t}"  # SQL with {t} standing for the trimmed text
+
+    def prepare(self, text: sql.Composable) -> sql.Composed:
+        return sql.SQL(self.prepare_template).format(t=text)
+
+    def valid(self, prepared: sql.Composable) -> sql.Composed:
+        return sql.SQL(self.valid_template).format(n=prepared)
+
+    def cast(self, prepared: sql.Composable) -> sql.Composed:
+        return sql.SQL(self.cast_template).format(n=prepared)
+
+
+def _layouts(zone: bool) -> tuple[str, str, str]:
+    """The accepted layouts as regular expressions: ISO, YYYY/MM/DD, and US MM/DD/YYYY with AM/PM."""
+    z = rf"( ?{_ZONE})?" if zone else ""
+    return (
+        rf"^\d{{4}}-\d{{1,2}}-\d{{1,2}}([T ]{_TIME})?{z}$",
+        rf"^\d{{4}}/\d{{1,2}}/\d{{1,2}}([T ]{_TIME})?{z}$",
+        rf"^\d{{1,2}}/\d{{1,2}}/\d{{4}}( \d{{1,2}}:\d{{2}}(:\d{{2}})? ?[AaPp][Mm])?{z}$",
+    )
+
+
+def _iso(text: str, zone: bool = False) -> str:
+    """SQL rewriting each accepted layout of `text` to ISO year-month-day order (NULL for any other layout).
+
+    The fifth character tells the layouts apart, so one regular expression is tried per value; the
+    US layout is rebuilt with split_part (regexp_replace costs ten times as much).
+    """
+    iso, slashes, us = map(_quote, _layouts(zone))
+    year_and_rest = f"split_part({text}, '/', 3)"
+    us_as_iso = (
+        f"left({year_and_rest}, 4) || '-' || split_part({text}, '/', 1) || '-' || split_part({text}, '/', 2)"
+        f" || substr({year_and_rest}, 5)"
+    )
+    return (
+        f"CASE substr({text}, 5, 1) WHEN '-' THEN CASE WHEN {text} ~ {iso} THEN {text} END "
+        f"WHEN '/' THEN CASE WHEN {text} ~ {slashes} THEN translate({text}, '/', '-') END "
+        f"ELSE CASE WHEN {text} ~ {us} THEN {us_as_iso} END END"
+    )
+
+
+def _quote(pattern: str) -> str:
+    """A regular expression as a standard-conforming SQL string literal (braces doubled for sql.SQL)."""
+    return "'" + pattern.replace("'", "''").replace("{", "{{").replace("}", "}}") + "'"
+
+
+def _with_utc(text: str) -> str:
+    """A timestamp without a zone read as UTC, whatever the session's TimeZone."""
+    return f"CASE WHEN {text} ~ {_quote(_HAS_ZONE)} THEN {text} ELSE {text} || ' +00' END"
+
+
+_DATE_TEXT = _iso("{t}")
+_TIMESTAMPTZ_TEXT = _with_utc(f"({_iso('{t}', zone=True)})")
+_DECIMAL = f"length({{n}}) <= 1000 AND {{n}} ~ {_quote(_SIGNED_DECIMAL)}"
+
+RULES: dict[WarehouseType, TypeRule] = {
+    rule.type: rule
+    for rule in (
+        TypeRule("TEXT", "text", "true", "{n}"),
+        TypeRule(
+            "BIGINT",
+            "not a whole number in the BIGINT range",
+            "({n} ~ '^[+-]?[0-9]+$' AND pg_input_is_valid({n}, 'bigint'))",
+            "{n}::bigint",
+        ),
+        TypeRule("NUMERIC", "not a number", f"({_DECIMAL})", "{n}::numeric"),
+        TypeRule(
+            "DOUBLE PRECISION",
+            "not a number in the DOUBLE PRECISION range",
+            f"({_DECIMAL} AND pg_input_is_valid({{n}}, 'double precision'))",
+            "{n}::double precision",
+        ),
+        TypeRule("DATE", "not a date", "coalesce(pg_input_is_valid({n}, 'date'), false)", "{n}::date", _DATE_TEXT),
+        TypeRule("TIMESTAMP", "not a timestamp", "coalesce(pg_input_is_valid({n}, 'timestamp'), false)", "{n}::timestamp", _DATE_TEXT),
+        TypeRule(
+            "TIMESTAMPTZ",
+            "not a timestamp with time zone",
+            "coalesce(pg_input_is_valid({n}, 'timestamptz'), false)",
+            "{n}::timestamptz",
+            _TIMESTAMPTZ_TEXT,
+        ),
+        TypeRule("BOOLEAN", "not true or false", "(lower({n}) IN ('true', 'false'))", "lower({n})::boolean"),
+        TypeRule("JSONB", "not valid JSON", "pg_input_is_valid({n}, 'jsonb')", "{n}::jsonb"),
+    )
+}
+assert set(RULES) == set(WAREHOUSE_TYPES), "every warehouse type needs a typing rule"
+
+
+def rule(warehouse_type: WarehouseType) -> TypeRule:
+    return RULES[warehouse_type]
+
+
+def trimmed(column: sql.Composable) -> sql.Composed:
+    """The value without surrounding whitespace; NULL when blank (blank is NULL for every type)."""
+    return sql.SQL("NULLIF(btrim({}, {}), '')").format(column, sql.Literal(_WHITESPACE))
