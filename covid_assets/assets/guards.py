@@ -10,10 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from covid_assets.assets.tables import SERIES_KEY
-
-
-class ShrinkingSourceError(ValueError):
-    """The source lost more rows (or whole series) than a full refresh may silently accept."""
+from covid_assets.datasets.refusals import ShrinkingSourceError
 
 
 @dataclass(frozen=True)

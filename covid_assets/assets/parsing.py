@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from covid_assets.assets.tables import BASE, PRIMARY_KEY
+from covid_assets.datasets.refusals import InvalidRowsError
 
 OUTCOMES = ("Positive", "Negative", "Inconclusive")
 # The base table's columns by type (its spec's order), all read from the raw columns of the same names.
@@ -37,10 +38,6 @@ STATE_FIPS = dict(
         "AS:60 FM:64 GU:66 MH:68 MP:69 PW:70 PR:72 UM:74 VI:78"
     ).split()
 )
-
-
-class InvalidRowsError(ValueError):
-    """Raised with a message naming how many rows are bad and showing the first few."""
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from covid_assets.assets.guards import ShrinkingSourceError
-from covid_assets.assets.parsing import InvalidRowsError
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
+from covid_assets.datasets.refusals import InvalidRowsError, ShrinkingSourceError
 from covid_assets.datasets.sql_typing import rule, trimmed
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip

@@ -99,26 +99,75 @@ def _csv_problem(exc: pa.ArrowInvalid) -> str:
 
 # ----------------------------------------------------------------------------- CSV
 def _csv_pages(path: Path, block_bytes: int) -> Iterator[pa.Table]:
-    """Every cell a string; only an empty cell is missing (a literal "NA" stays "NA")."""
-    names = _csv_header(path)
-    convert = pa_csv.ConvertOptions(
-        column_types={name: pa.string() for name in names}, null_values=[""], strings_can_be_null=True
-    )
+    """Every cell a string; only an empty cell is missing (a literal "NA" stays "NA").
+
+    The file is cut into pieces of about `block_bytes` at record boundaries and each piece is
+    parsed on its own: pyarrow's streaming reader keeps more memory the longer the file is
+    (measured: 70 MB more at 243k rows, 200 MB at 2.5M), these pieces a constant few MB.
+    """
     with _export(path) as fh:
-        reader = pa_csv.open_csv(fh, read_options=pa_csv.ReadOptions(block_size=block_bytes), convert_options=convert)
-        for batch in reader:
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+        pieces = _records(fh, block_bytes)
+        first = next(pieces, b"")
+        header, first = _split_header(first.removeprefix(b"\xef\xbb\xbf"))
+        names = _unique(next(csv.reader(io.StringIO(header.decode("utf-8"))), []))
+        if not names:
+            raise pa.ArrowInvalid("Empty CSV file")
+        read = pa_csv.ReadOptions(column_names=names, use_threads=False)
+        convert = pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in names}, null_values=[""], strings_can_be_null=True
+        )
+        for piece in itertools.chain([first], pieces):
+            if piece.strip():
+                table = pa_csv.read_csv(pa.BufferReader(piece), read_options=read, convert_options=convert)
+                if table.num_rows:
+                    yield table
 
 
-def _csv_header(path: Path) -> list[str]:
-    """The header's column names (read on their own: pyarrow must be told every column's type up front)."""
-    with _export(path) as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
-        header = next(csv.reader(text), None)
-    if not header:
-        raise pa.ArrowInvalid("Empty CSV file")
-    return header
+def _records(fh: IO[bytes], block_bytes: int) -> Iterator[bytes]:
+    """The file in pieces of about `block_bytes`, each ending at a record boundary."""
+    carry = b""
+    while True:
+        block = fh.read(block_bytes)
+        data = carry + block if carry else block
+        if not block:
+            if data:
+                yield data
+            return
+        cut = _last_record_end(data)
+        data, carry = (data[:cut], data[cut:]) if cut else (b"", data)  # no boundary yet: a record longer than a block
+        if data:
+            yield data
+
+
+def _last_record_end(data: bytes) -> int:
+    """Just after the last newline outside quotes (0 when none): a piece starts outside quotes, and
+    CSV doubles quotes inside a quoted field, so a newline is outside quotes when the quotes before it are even."""
+    cut = data.rfind(b"\n") + 1
+    quotes = data.count(b'"', 0, cut)
+    while cut and quotes % 2:
+        previous = data.rfind(b"\n", 0, cut - 1) + 1
+        quotes -= data.count(b'"', previous, cut)
+        cut = previous
+    return cut
+
+
+def _split_header(piece: bytes) -> tuple[bytes, bytes]:
+    """The header record and the rest of the first piece."""
+    end = piece.find(b"\n")
+    while end != -1 and piece.count(b'"', 0, end) % 2:
+        end = piece.find(b"\n", end + 1)
+    return (piece, b"") if end == -1 else (piece[:end], piece[end + 1 :])
+
+
+def _unique(names: list[str]) -> list[str]:
+    """A repeated header name gets a suffix, as pandas reads it ("a", "a.1"), so every column is kept apart."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(name if not count else f"{name}.{count}")
+    return unique
 
 
 # ----------------------------------------------------------------------------- JSON
