@@ -444,3 +444,80 @@ def test_landing_memory_is_bounded_by_a_page_not_the_delivery(warehouse_url: str
     data_bytes, growth = map(int, result.stdout.split())
     assert data_bytes > 90_000_000
     assert growth < data_bytes / 4, f"peak RSS grew {growth / 1e6:.0f} MB for {data_bytes / 1e6:.0f} MB of data"
+
+
+# ----------------------------------------------------------------------------- pages
+def test_csv_pages_hold_what_the_whole_file_reader_reads(tmp_path: Path) -> None:
+    """Pieces of a few kB (many pages) read exactly as pandas reads the whole file: every cell as delivered."""
+    from covid_assets.sources.socrata import read_export_file
+
+    pages = list(export_pages(CDC_CSV, block_bytes=4_096))
+    assert len(pages) > 50 and max(page.nbytes for page in pages) < 20_000
+    expected = read_export_file(CDC_CSV, required=()).frame
+    got = pa.concat_tables(pages).to_pandas(types_mapper={pa.string(): __import__("pandas").StringDtype()}.get)
+    assert list(got.columns) == list(expected.columns)
+    assert got.equals(expected)
+
+
+def test_csv_pages_cut_only_between_records(tmp_path: Path) -> None:
+    """Quoted newlines and quotes across piece boundaries, a BOM, CRLF line ends, repeated names, an "NA"."""
+    rows = [[f"line one {i}\r\nline \"two\"", str(i), "NA" if i % 7 == 0 else "", f'"{i}"'] for i in range(500)]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(["note", "id", "flag", "id"])
+    writer.writerows(rows)
+    export = tmp_path / "tricky.csv.gz"
+    export.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text.getvalue().encode()))
+
+    pages = list(export_pages(export, block_bytes=1_000))
+    assert len(pages) > 10
+    table = pa.concat_tables(pages)
+    assert table.column_names == ["note", "id", "flag", "id.1"]
+    assert table.to_pylist() == [
+        {"note": note, "id": id_, "flag": flag or None, "id.1": quoted} for note, id_, flag, quoted in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "no CSV header"),
+        (b"a,b\n1,2,3\n", "malformed CSV"),
+        (b"a,b\n1,\xff\n", "not valid UTF-8"),
+        (b'[{"a": "1"}, 2]', "an item is a JSON int"),
+        (b'[{"a": "1"}, {"a": ', "not valid JSON"),
+        (b'{"data": [["1"]]}', "without meta.view"),
+        (b'{"meta": {"view": {"columns": [{"fieldName": "a"}]}}, "data": [["1", "2"]]}', "data row 0 is an array of 2 values, expected 1"),
+    ],
+)
+def test_a_broken_export_is_named_without_its_contents(tmp_path: Path, content: bytes, problem: str) -> None:
+    export = tmp_path / ("broken.json" if content[:1] in (b"[", b"{") else "broken.csv")
+    export.write_bytes(content)
+    with pytest.raises(SocrataError, match=f"cannot read export file {export}: .*{problem}"):
+        list(export_pages(export))
+
+
+def test_a_json_array_export_pages_and_keeps_non_string_values_as_json(tmp_path: Path) -> None:
+    rows = [{"a": str(i), "n": i, "geo": {"type": "Point", "coordinates": [i, 1]}} for i in range(25)]
+    rows[3] = {"a": "only a"}
+    export = tmp_path / "rows.json"
+    export.write_text(json.dumps(rows))
+    pages = list(export_pages(export, page_rows=10))
+    assert [page.num_rows for page in pages] == [10, 10, 5]
+    table = pa.concat_tables(pages, promote_options="default")
+    assert table.column("n").to_pylist()[:5] == ["0", "1", "2", None, "4"]
+    assert json.loads(table.column("geo")[4].as_py()) == {"type": "Point", "coordinates": [4, 1]}
+
+
+def test_api_pages_stream_into_the_warehouse(connection, warehouse_url: str) -> None:
+    from covid_assets.datasets.pages import api_pages
+    from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTarget
+    from covid_assets_tests.support.fake_socrata import FakeSocrata
+
+    rows = [{k: v for k, v in row.items() if v != ""} for row in cdc_rows()]  # the API leaves out empty fields
+    with FakeSocrata(rows, max_limit=500, dataset_id="9mfq-cb36") as server:
+        client = SocrataClient(SocrataTarget(base_url=server.base_url, dataset_id="9mfq-cb36"), SocrataSource(page_size=500))
+        landing, checked, counts = load_all(connection, cdc_spec(), api_pages(client))
+    assert (landing.rows, landing.pages, counts.added) == (len(rows), -(-len(rows) // 500), len(rows))
+    file_landing = load.land(connection, cdc_spec(), export_pages(CDC_CSV), FETCHED_AT)
+    assert landing.content_hash == file_landing.content_hash  # the same values, whatever the pages and the columns sent

@@ -70,23 +70,37 @@ def _layouts(zone: bool) -> tuple[str, str, str]:
     )
 
 
+# The layouts nearly every value has, by shape (each digit a 9): recognised by one cheap translate(),
+# where a regular expression costs about 2 microseconds a value (a third of the typing time).
+_ISO_SHAPES = ("9999-99-99", "9999-99-99T99:99:99.999", "9999-99-99T99:99:99", "9999-99-99 99:99:99")
+_US_SHAPES = ("99/99/9999", "99/99/9999 99:99:99 AM", "99/99/9999 99:99:99 PM")
+
+
 def _iso(text: str, zone: bool = False) -> str:
     """SQL rewriting each accepted layout of `text` to ISO year-month-day order (NULL for any other layout).
 
-    The fifth character tells the layouts apart, so one regular expression is tried per value; the
-    US layout is rebuilt with split_part (regexp_replace costs ten times as much).
+    The common shapes are recognised first without a regular expression; otherwise the fifth
+    character tells the layouts apart, so one regular expression is tried per value. The US
+    layout is rebuilt with split_part (regexp_replace costs ten times as much).
     """
     iso, slashes, us = map(_quote, _layouts(zone))
+    shape = f"translate({text}, '0123456789', '9999999999')"
     year_and_rest = f"split_part({text}, '/', 3)"
     us_as_iso = (
         f"left({year_and_rest}, 4) || '-' || split_part({text}, '/', 1) || '-' || split_part({text}, '/', 2)"
         f" || substr({year_and_rest}, 5)"
     )
     return (
-        f"CASE substr({text}, 5, 1) WHEN '-' THEN CASE WHEN {text} ~ {iso} THEN {text} END "
+        f"CASE WHEN {shape} IN ({_shapes(_ISO_SHAPES)}) THEN {text} "
+        f"WHEN {shape} IN ({_shapes(_US_SHAPES)}) THEN {us_as_iso} "
+        f"ELSE CASE substr({text}, 5, 1) WHEN '-' THEN CASE WHEN {text} ~ {iso} THEN {text} END "
         f"WHEN '/' THEN CASE WHEN {text} ~ {slashes} THEN translate({text}, '/', '-') END "
-        f"ELSE CASE WHEN {text} ~ {us} THEN {us_as_iso} END END"
+        f"ELSE CASE WHEN {text} ~ {us} THEN {us_as_iso} END END END"
     )
+
+
+def _shapes(shapes: tuple[str, ...]) -> str:
+    return ", ".join(f"'{shape}'" for shape in shapes)
 
 
 def _quote(pattern: str) -> str:
