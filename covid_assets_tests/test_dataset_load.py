@@ -521,3 +521,17 @@ def test_api_pages_stream_into_the_warehouse(connection, warehouse_url: str) -> 
     assert (landing.rows, landing.pages, counts.added) == (len(rows), -(-len(rows) // 500), len(rows))
     file_landing = load.land(connection, cdc_spec(), export_pages(CDC_CSV), FETCHED_AT)
     assert landing.content_hash == file_landing.content_hash  # the same values, whatever the pages and the columns sent
+
+
+def test_a_column_the_declaration_gains_is_added_and_filled(connection, warehouse_url: str) -> None:
+    rows = cdc_rows()[:200]
+    load_all(connection, cdc_spec(), pages_of(rows))
+    before = cdc_spec().base
+    base = TableSpec.build("cdc", "cases_deaths", [*before.columns, ColumnSpec("conf_cases", "BIGINT")], key=CDC_KEY)
+    wider = cdc_spec(base=base, raw=raw_table_spec("cdc_raw", "cases_deaths", base))
+    _, _, counts = load_all(connection, wider, pages_of(rows))
+    given = [row for row in rows if row["conf_cases"]]
+    assert counts == load.MergeCounts(total=200, added=0, revised=len(given), withdrawn=0) and 0 < len(given) < 200
+    stored = base_rows(warehouse_url, wider)
+    assert all(stored[(us_date(r["submission_date"]), r["state"])][-1] == int(r["conf_cases"]) for r in given)
+    assert query(warehouse_url, "SELECT count(conf_cases) FROM cdc_raw.cases_deaths")[0][0] == len(given)

@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 ROW = ":row"  # the staged row's 0-based position in the delivery (no source field starts with ":")
+_BAD = ":bad"  # a typed staged row with any problem
 MAX_REPORTED_BAD_ROWS = 5
 MAX_REPORTED_SERIES = 10
 NUL_MARK = "\\u0000"  # stands for a NUL byte in a value that must be typed: valid as no type, visible in the report
@@ -234,10 +235,9 @@ def _as_string(values: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _mark_nul(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, int]:
-    stripped, count = without_nul(values)
-    if not count:
-        return values, 0
-    return pc.replace_substring(values, "\x00", NUL_MARK), count
+    """The values with each NUL byte shown as NUL_MARK, and how many values had one."""
+    _, count = without_nul(values)
+    return (pc.replace_substring(values, "\x00", NUL_MARK), count) if count else (values, 0)
 
 
 def _row_hashes(page: pa.Table) -> np.ndarray:
@@ -276,8 +276,6 @@ def gate(
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
     return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=total - rows)
 
-
-_BAD = ":bad"
 
 
 class _Typing:
@@ -497,11 +495,24 @@ def _qualified(table: TableSpec) -> sql.Identifier:
 
 
 def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> None:
-    columns = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in table.columns]
-    if primary_key and table.key:
-        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
+    """Create the table from its spec on first use; later, add the columns a declaration gained.
+
+    Like the IO manager, a table is never dropped (analysts' views and grants survive) and a
+    column the declaration no longer names is kept (NULL in rows written from then on). A changed
+    type or key is left to a person: the statement that meets it fails and names it.
+    """
     _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
-    _execute(connection, sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(_qualified(table), sql.SQL(", ").join(columns)))
+    existing = {name for (name,) in _execute(connection, sql.SQL(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped"
+    ).format(sql.Literal(_qualified(table).as_string())))}
+    definitions = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in table.columns if c.name not in existing]
+    if not existing:
+        if primary_key and table.key:
+            definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
+        _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(_qualified(table), sql.SQL(", ").join(definitions)))
+    elif definitions:
+        _execute(connection, sql.SQL("ALTER TABLE {} {}").format(
+            _qualified(table), sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in definitions)))
 
 
 def _table_exists(connection: adbc.Connection, table: TableSpec) -> bool:
