@@ -541,19 +541,21 @@ class Exchange:
         return Reply(response.status_code, response.reason or "", response.headers, body)
 
     # Bodies and statuses ----------------------------------------------------------------
-    def _read_body(self, response: requests.Response, request: Request, deadline: _Deadline) -> bytearray:
+    def _read_body(self, response: requests.Response, request: Request, deadline: _Deadline) -> bytes:
         """The decoded body in large chunks, refused beyond max_body_bytes (also after decompression)
         and cut off at the exchange's deadline."""
         cap = self._cap(request)
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > cap:
             raise self._too_big(request, f"it declares a Content-Length of {int(declared):,} bytes")
-        body = bytearray()
+        chunks: list[bytes] = []  # joined once at the end: a growing bytearray reallocates (and fragments) as it goes
+        size = 0
         with deadline.enforced(response.raw.shutdown):
             try:
                 for chunk in response.iter_content(_READ_CHUNK):
-                    body += chunk
-                    if len(body) > cap:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > cap:
                         raise self._too_big(request, f"more than that arrived{_decoded_note(response)}")
             except requests.RequestException as exc:
                 if deadline.hit:
@@ -561,7 +563,7 @@ class Exchange:
                 raise _BodyBrokeOff(f"the response body broke off: {clip(f'{type(exc).__name__}: {exc}')}") from exc
         if deadline.hit:  # a body without a length just ends when the socket is shut: do not trust it
             raise _BodyBrokeOff(deadline.message())
-        return body
+        return b"".join(chunks)
 
     def _cap(self, request: Request) -> int:
         cap = self.settings.max_body_bytes

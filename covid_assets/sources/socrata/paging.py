@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterator, Optional
 import pyarrow as pa
 
 from covid_assets.sources.socrata.errors import SocrataError, clip
-from covid_assets.sources.socrata.http import Exchange, HttpSettings, Request, decode_json
-from covid_assets.sources.socrata.rows import FetchStats, describe_not_rows, rows_to_table
+from covid_assets.sources.socrata.http import Exchange, HttpSettings, Reply, Request, decode_json
+from covid_assets.sources.socrata.rows import FetchStats, describe_not_rows, rows_to_table, string_rows_table
 from covid_assets.sources.socrata.soda import ProtocolChoice, SodaProtocol
 
 __all__ = ["MAX_PAGES", "PagePlan", "ProgressFn"]
@@ -282,9 +282,7 @@ class PagePlan:
             self.pages_requested += 1
             if self.pages_requested > MAX_PAGES:
                 raise self.error(f"{self.source}: gave up after {MAX_PAGES} pages; the server keeps sending rows")
-        rows = self.request_rows(lambda protocol: protocol.page(offset, limit), offset, limit)
-        table = rows_to_table(rows)
-        del rows
+        table = self.request_table(lambda protocol: protocol.page(offset, limit), offset, limit)
         with self.lock:
             self.rows += table.num_rows
             if table.num_rows and self.progress is not None:
@@ -292,34 +290,46 @@ class PagePlan:
                 self.progress(self.rows, total)
         return table
 
-    def request_rows(
-        self, make: Callable[[SodaProtocol], Request], offset: int | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Send a query in the run's protocol and parse its JSON array of row objects.
+    def request_rows(self, make: Callable[[SodaProtocol], Request]) -> list[dict[str, Any]]:
+        """Send a query in the run's protocol and parse its JSON array of row objects (a count, a probe)."""
+        request, reply = self._send(make)
+        return self._row_objects(request, reply)
 
-        A domain without SODA3 is asked again in SODA2 (see `ProtocolChoice`); anything but an
-        array of row objects (or a page with more rows than asked) is a SocrataError.
-        """
+    def request_table(self, make: Callable[[SodaProtocol], Request], offset: int, limit: int) -> pa.Table:
+        """Send a page query and parse its rows into an all-string table, refusing a page longer
+        than asked or one identical to the page at another offset."""
+        request, reply = self._send(make)
+        table = string_rows_table(reply.body)  # the usual page; anything else takes the general path
+        if table is None:
+            table = rows_to_table(self._row_objects(request, reply))
+        if table.num_rows > limit:
+            raise self.error(
+                f"{request.label} returned {table.num_rows:,} rows for a page of {limit:,}: the server is not paging as "
+                "asked; refusing to duplicate rows"
+            )
+        if table.num_rows:
+            self._check_not_repeated(reply.body, offset, request)
+        return table
+
+    def _send(self, make: Callable[[SodaProtocol], Request]) -> tuple[Request, Reply]:
+        """The reply in the run's protocol: a domain without SODA3 is asked again in SODA2 (see `ProtocolChoice`)."""
         protocol = self.protocols.current
         request = make(protocol)
         try:
             reply = self.exchange.send(request)
         except SocrataError as exc:
             if self.protocols.fall_back(protocol, exc, request):
-                return self.request_rows(make, offset, limit)
+                return self._send(make)
             raise
         self.protocols.confirm(protocol)
+        return request, reply
+
+    def _row_objects(self, request: Request, reply: Reply) -> list[dict[str, Any]]:
+        """The body as a JSON array of row objects; anything else is a SocrataError saying what it is."""
         data = decode_json(reply, request, self.exchange)
         problem = describe_not_rows(data)
         if problem:
             raise self.error(f"bad response from {request.label}: {problem}", url=request.url, status=reply.status)
-        if limit is not None and len(data) > limit:
-            raise self.error(
-                f"{request.label} returned {len(data):,} rows for a page of {limit:,}: the server is not paging as "
-                "asked; refusing to duplicate rows"
-            )
-        if offset is not None and data:
-            self._check_not_repeated(reply.body, offset, request)
         return data
 
     def _check_not_repeated(self, body: bytes | bytearray, offset: int, request: Request) -> None:

@@ -71,7 +71,15 @@ class SocrataSource(dg.ConfigurableResource):
     the client reads: no second class repeats these fields.
     """
 
-    page_size: int = Field(default=50_000, ge=1, le=50_000, description="Rows per page request ($limit, or SODA3 pageSize)")
+    page_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=50_000,
+        description=(
+            "Rows per page request ($limit, or SODA3 pageSize). Small pages keep a run's memory flat (a page's body "
+            "and decoding exist max_workers at a time); the loader joins them into larger COPYs."
+        ),
+    )
     max_workers: int = Field(default=4, ge=1, le=16, description="Concurrent page requests")
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP connect timeout per attempt")
     read_timeout_s: float = Field(default=120.0, gt=0, le=600, description="Read timeout per attempt")
