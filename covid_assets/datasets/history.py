@@ -136,13 +136,12 @@ class HistoryLoad:
         names = HistoryNames.of(base)
         _ensure_loads(connection, names)
         columns = stored_columns(connection, names.base)
-        created = _ensure_history(connection, names, base.key, columns)
+        _ensure_history(connection, names, base.key, columns)
         last = _execute(connection, sql.SQL("SELECT max(load_id) FROM {} WHERE table_name = {}").format(
             names.loads, sql.Literal(names.table)))[0][0]
         if last is None:
             last = _record_existing_table(connection, names, columns, LoadOrigin(run_id=(origin or LoadOrigin()).run_id))
-        if created or not _functions_exist(connection, names):
-            create_functions(connection, names, [name for name, _ in columns])
+        create_functions(connection, names, [name for name, _ in columns])  # the table's columns may have changed
         return cls(names, base.key, [name for name, _ in columns], int(last) + 1, content_hash, origin or LoadOrigin())
 
     def apply(self, connection: adbc.Connection, change: Change, statement: sql.Composable) -> int:
@@ -240,8 +239,8 @@ def _ensure_loads(connection: adbc.Connection, names: HistoryNames) -> None:
     ).format(names.loads, stamp))
 
 
-def _ensure_history(connection: adbc.Connection, names: HistoryNames, key: Sequence[str], columns: list[tuple[str, str]]) -> bool:
-    """Create the history table (True), or add the base columns it lacks (True when it gained any)."""
+def _ensure_history(connection: adbc.Connection, names: HistoryNames, key: Sequence[str], columns: list[tuple[str, str]]) -> None:
+    """Create the history table, or add the base table's columns it lacks."""
     definitions = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in columns]
     if not _exists(connection, names.history):
         versions = [sql.SQL("{} bigint NOT NULL").format(sql.Identifier(VALID_FROM)), sql.SQL("{} bigint").format(sql.Identifier(VALID_TO))]
@@ -253,19 +252,18 @@ def _ensure_history(connection: adbc.Connection, names: HistoryNames, key: Seque
         _execute(connection, sql.SQL("COMMENT ON TABLE {} IS {}").format(names.history, sql.Literal(
             f"Every version of every row of {names.schema}.{names.table}: valid from load valid_from_load until load "
             f"valid_to_load (NULL while current); loads in {names.schema}.{LOADS}.")))
-        return True
+        return
     present = {name for name, _ in stored_columns(connection, names.history)}
-    missing = [d for (name, _), d in zip(columns, definitions) if name not in present]
-    if missing:
+    if missing := [d for (name, _), d in zip(columns, definitions) if name not in present]:
         _execute(connection, sql.SQL("ALTER TABLE {} {}").format(names.history, sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in missing)))
-    return bool(missing)
 
 
 def create_functions(connection: adbc.Connection, names: HistoryNames, columns: Sequence[str]) -> None:
     """`_at_load(load_id)` and `_as_of(ts)`: SETOF the base table's row type, from the history.
 
-    Plain SQL, STABLE, one SELECT: Postgres inlines them into the calling query. Recreated when
-    the base table gains a column (their SELECT lists its columns).
+    Plain SQL, STABLE, one SELECT: Postgres inlines them into the calling query. Recreated by
+    every load, so their SELECT lists the table's columns as they are (a column gained, or dropped
+    by hand).
     """
     listed = _listed(columns, "h")
     current = sql.SQL("h.{frm} <= v.n AND (h.{to} IS NULL OR h.{to} > v.n)").format(frm=sql.Identifier(VALID_FROM), to=sql.Identifier(VALID_TO))
@@ -284,12 +282,6 @@ def create_functions(connection: adbc.Connection, names: HistoryNames, columns: 
             function, sql.SQL(argument), names.base, sql.Literal(body.as_string())))
         _execute(connection, sql.SQL("COMMENT ON FUNCTION {}({}) IS {}").format(
             function, sql.SQL(argument.split()[1]), sql.Literal(f"{names.schema}.{names.table} as it stood {about}.")))
-
-
-def _functions_exist(connection: adbc.Connection, names: HistoryNames) -> bool:
-    statement = sql.SQL("SELECT to_regprocedure({}) IS NOT NULL AND to_regprocedure({}) IS NOT NULL").format(
-        sql.Literal(names.at_load.as_string() + "(bigint)"), sql.Literal(names.as_of.as_string() + "(timestamptz)"))
-    return bool(_execute(connection, statement)[0][0])
 
 
 def stored_columns(connection: adbc.Connection, table: sql.Identifier) -> list[tuple[str, str]]:
