@@ -215,6 +215,7 @@ def test_the_functions_return_the_base_tables_columns_and_types(warehouse_url: s
 def test_a_rolled_back_load_leaves_history_and_loads_unchanged(warehouse_url: str, server, instance) -> None:
     spec = cdc_spec(checks=ValueChecks(ranges={"tot_cases": (0, None)}))
     assert run_dataset(warehouse_url, spec, server, instance).success
+    assert loads(warehouse_url) == [(1, len(version_1()), len(version_1()), 0, 0)]
     before = stored_state(warehouse_url)
     rows = version_2()
     rows[100]["tot_cases"] = "-5"  # typed fine, merged, then the blocking range check fails: the run rolls back
@@ -276,6 +277,7 @@ def test_a_base_table_that_predates_its_history_is_recorded_as_load_1(warehouse_
 
 def test_an_unchanged_delivery_writes_no_history_and_no_load(warehouse_url: str) -> None:
     load_directly(warehouse_url, version_1())
+    assert loads(warehouse_url) == [(1, len(version_1()), len(version_1()), 0, 0)]
     before = stored_state(warehouse_url)
     assert load_directly(warehouse_url, version_1()) == load.MergeCounts(len(version_1()), 0, 0, 0)
     assert stored_state(warehouse_url) == before
