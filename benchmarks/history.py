@@ -29,7 +29,7 @@ import datetime as dt
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import adbc_driver_postgresql.dbapi as adbc  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
