@@ -33,6 +33,7 @@ CDC_YAML = ROOT / "covid_assets" / "defs" / "cdc_cases_deaths_by_state" / "defs.
 CDC_EXPORT = ROOT / "covid_assets" / "data" / "cdc_9mfq-cb36_cases_deaths_by_state_20211227.csv.gz"
 RAW, BASE, SOURCE = AssetKey(["cdc_raw", "raw_cases_deaths_by_state"]), AssetKey(["cdc", "cases_deaths_by_state"]), AssetKey(["socrata", "cdc_cases_deaths_by_state"])
 HAS_LOADER = importlib.util.find_spec("covid_assets.datasets.load") is not None
+HISTORY_CHECKS = ("history_matches_base", "loads_reconcile_with_history")
 
 
 def dataset_defs() -> Definitions:
@@ -83,9 +84,9 @@ def test_the_cdc_declaration_gives_tables_with_schema_lineage_checks_and_schedul
     }
     graph = defs.resolve_asset_graph()
     checks = {key.name: key for key in graph.asset_check_keys if key.asset_key == BASE}
-    assert set(checks) == {"primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load"}
+    assert set(checks) == {"primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load", *HISTORY_CHECKS}
     check_specs = [spec for checks_def in defs.asset_checks for spec in checks_def.check_specs if spec.asset_key == BASE]
-    assert check_specs and all(spec.blocking for spec in check_specs)
+    assert check_specs and all(spec.blocking == (spec.name != "loads_reconcile_with_history") for spec in check_specs)
     schedule = defs.resolve_schedule_def("cdc_cases_deaths_by_state_schedule")
     assert schedule.cron_schedule == "0 7 * * *" and schedule.default_status == DefaultScheduleStatus.RUNNING
     job = defs.resolve_job_def(schedule.job_name)
@@ -264,7 +265,9 @@ def test_the_cdc_dataset_loads_offline_from_its_bundled_export_and_its_checks_pa
     result = materialize_cdc(warehouse_url)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} == {"primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load"}
+    assert {e.check_name for e in evaluations} == {
+        "primary_key", "not_null", "allowed_values", "ranges", "date_window", "row_count_matches_load", *HISTORY_CHECKS
+    }
     assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
     export = pd.read_csv(CDC_EXPORT, dtype=str, keep_default_na=False)
     assert query(warehouse_url, "SELECT count(*), count(DISTINCT state) FROM cdc.cases_deaths_by_state") == [(len(export), export.state.nunique())]
@@ -295,8 +298,9 @@ def test_a_second_run_on_the_unchanged_export_writes_nothing(warehouse_url: str)
         assert second.get_asset_materialization_events() == []
         assert query(warehouse_url, "SELECT xmin::text, count(*) FROM cdc.cases_deaths_by_state GROUP BY 1") == before
         assert query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state") == raw_before
-        tables = query(warehouse_url, "SELECT count(*) FROM pg_tables WHERE schemaname IN ('cdc', 'cdc_raw')")
-        assert tables == [(2,)]  # no staging table left behind
+        tables = query(warehouse_url, "SELECT tablename::text FROM pg_tables WHERE schemaname IN ('cdc', 'cdc_raw') ORDER BY 1")
+        assert tables == [("cases_deaths_by_state",), ("cases_deaths_by_state_history",), ("loads",), ("raw_cases_deaths_by_state",)]
+        assert query(warehouse_url, "SELECT load_id FROM cdc.loads") == [(1,)]  # no staging table left behind, no second load
 
 
 def test_each_declared_check_counts_the_rows_that_break_it(warehouse_url: str) -> None:

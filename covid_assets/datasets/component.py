@@ -10,7 +10,9 @@ For one declared dataset it builds:
   landing), refuses bad rows and a shrinking source before anything is published (`gate`), then
   replaces the raw table and merges the base table (`publish_raw`, `merge_base`);
 * the base table's checks in SQL: the key unique and not null, the declared value checks and the
-  row count of the accepted load; all blocking, so a failure rolls the run back;
+  row count of the accepted load; all blocking, so a failure rolls the run back; and the two
+  checks of its history (`datasets/history.py`): the current versions equal the table (blocking),
+  the loads reconcile with the versions;
 * a job, and the declared schedule and/or sensor.
 
 Where the rows come from is the deployment's business, never run config: `https://{domain}`
@@ -64,12 +66,15 @@ from pydantic import Field
 
 from covid_assets.datasets.dataset_spec import DatasetSpec
 from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.datasets.history import checks_now, history_checks
 from covid_assets.settings import env_flag
 from covid_assets.sources.socrata import SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+    from covid_assets.datasets.history import LoadOrigin
 
 __all__ = ["OFFLINE_ENV", "DatasetLoadConfig", "SocrataDataset", "base_url_env", "dataset_definitions", "dataset_target"]
 
@@ -298,7 +303,7 @@ def load_dataset(
         except (InvalidRowsError, ShrinkingSourceError) as error:
             raise Failure(description=f"{source}: {error}") from error
         publish_raw(connection, spec, landing)
-        counts = merge_base(connection, spec, accepted)
+        counts = merge_base(connection, spec, accepted, load_origin(context, signature, target))
     evidence = {
         "content_hash": landing.content_hash,
         "rows_updated_at": signature.rows_updated_at if signature else None,
@@ -322,6 +327,18 @@ def load_dataset(
             "rows_withdrawn": counts.withdrawn,
             "duplicates_dropped": accepted.duplicates_dropped,
         },
+    )
+
+
+def load_origin(context: AssetExecutionContext, signature: SourceSignature | None, target: SocrataTarget) -> "LoadOrigin":
+    """What `{schema}.loads` records of where this load came from."""
+    from covid_assets.datasets.history import LoadOrigin
+
+    updated = signature.rows_updated_at if signature else None
+    return LoadOrigin(
+        run_id=context.run_id,
+        rows_updated_at=None if updated is None else dt.datetime.fromtimestamp(updated, dt.UTC),
+        source_file=target.source_file,
     )
 
 
@@ -451,11 +468,14 @@ def base_checks(spec: DatasetSpec):
         )
     )
 
+    specs += [AssetCheckSpec(c.name, asset=keys.base, description=c.description, blocking=c.blocking) for c in history_checks(spec.base)]
+
     @multi_asset_check(specs=specs, name=f"check_{spec.name}")
     def check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
         for query in queries:
             yield evaluate(keys.base, query, warehouse)
         yield row_count_result(context, keys.base, spec, warehouse)
+        yield from history_results(keys.base, spec, warehouse)
 
     return check
 
@@ -474,6 +494,14 @@ def evaluate(key: AssetKey, query: CheckQuery, warehouse: WarehouseResource) -> 
         severity=AssetCheckSeverity.ERROR,
         metadata={f"{label}_violations" if query.name != "primary_key" else label: count for label, count in counts.items()},
     )
+
+
+def history_results(key: AssetKey, spec: DatasetSpec, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
+    """The history's checks (datasets/history.py), over the base table's columns as stored."""
+    with warehouse.transaction() as connection:
+        checks = checks_now(connection, spec.base)
+    for check in checks:
+        yield evaluate(key, CheckQuery(check.name, check.description, check.query), warehouse)
 
 
 def row_count_result(context: AssetCheckExecutionContext, key: AssetKey, spec: DatasetSpec, warehouse: WarehouseResource) -> AssetCheckResult:

@@ -15,7 +15,8 @@ warehouse, set-based, inside the caller's one transaction (`WarehouseResource.tr
    parser's), keeps the last delivered row of each key, then compares it with the stored base
    table (`ShrinkingSourceError`, worded as the COVID guard's). Nothing stored is touched.
 3. `publish_raw` replaces the raw table's rows; `merge_base` applies the keyed difference to the
-   base table (delete the withdrawn keys, update the revised rows, insert the added ones).
+   base table (delete the withdrawn keys, update the revised rows, insert the added ones) and,
+   from the same statements, the table's history and its row in `loads` (`datasets/history.py`).
 4. `discard` drops the staging tables when the source turns out unchanged.
 
 The staging tables are temporary (`ON COMMIT DROP`), named after the dataset so two datasets
@@ -40,6 +41,7 @@ from psycopg import sql
 
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
+from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin
 from covid_assets.datasets.refusals import InvalidRowsError, ShrinkingSourceError
 from covid_assets.datasets.sql_typing import rule, trimmed
 from covid_assets.datasets.table_spec import TableSpec
@@ -49,6 +51,7 @@ __all__ = [
     "Gate",
     "InvalidRowsError",
     "Landing",
+    "LoadOrigin",
     "MergeCounts",
     "ShrinkingSourceError",
     "discard",
@@ -468,25 +471,34 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
         _qualified(raw), sql.Identifier(landing.table), n=names))
 
 
-def merge_base(connection: adbc.Connection, spec: DatasetSpec, gate: Gate) -> MergeCounts:
+def merge_base(
+    connection: adbc.Connection, spec: DatasetSpec, gate: Gate, origin: LoadOrigin | None = None, *, keep_history: bool = True
+) -> MergeCounts:
     """Make the base table equal the typed delivery by key, writing only what changed.
 
     Withdrawn keys are deleted, revised rows (any column IS DISTINCT FROM) updated, new keys
     inserted; an unchanged row is not rewritten, so the table and its key index stay free of churn.
+    Each statement also writes its rows' versions to the table's history (`datasets/history.py`),
+    and a load that changed anything is recorded in `{schema}.loads`, all in this transaction.
     """
     base = spec.base
     if not base.key:
         raise ValueError(f"{base.qualified_name}: a keyed merge needs a key (declare the base table's key columns)")
     _lock(connection, base)
     _create_table(connection, base, primary_key=True)
+    log = HistoryLoad.begin(connection, base, origin, gate.landing.content_hash) if keep_history else None
+
+    def changed(change: Change, statement: sql.Composable) -> int:
+        return log.apply(connection, change, statement) if log else _execute_count(connection, statement)
+
     staged = sql.SQL("pg_temp.{}").format(sql.Identifier(gate.table))
     matched = sql.SQL(" AND ").join(sql.SQL("b.{c} = t.{c}").format(c=sql.Identifier(c)) for c in base.key)
     values = [name for name in base.column_names if name not in base.key]
-    withdrawn = _execute_count(connection, sql.SQL(
+    withdrawn = changed("withdrawn", sql.SQL(
         "DELETE FROM {} AS b WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})").format(_qualified(base), staged, matched))
     revised = 0
     if values:
-        revised = _execute_count(connection, sql.SQL(
+        revised = changed("revised", sql.SQL(
             "UPDATE {} AS b SET {} FROM {} AS t WHERE {} AND ({}) IS DISTINCT FROM ({})").format(
             _qualified(base),
             sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in values),
@@ -496,10 +508,12 @@ def merge_base(connection: adbc.Connection, spec: DatasetSpec, gate: Gate) -> Me
             sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values),
         ))
     names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
-    added = _execute_count(connection, sql.SQL(
-        "INSERT INTO {} ({n}) SELECT {tn} FROM {} AS t WHERE NOT EXISTS (SELECT FROM {} AS b WHERE {})").format(
+    added = changed("added", sql.SQL(
+        "INSERT INTO {} AS b ({n}) SELECT {tn} FROM {} AS t WHERE NOT EXISTS (SELECT FROM {} AS b WHERE {})").format(
         _qualified(base), staged, _qualified(base), matched, n=names,
         tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in base.column_names)))
+    if log:
+        log.finish(connection, gate.rows, added, revised, withdrawn)
     return MergeCounts(total=gate.rows, added=added, revised=revised, withdrawn=withdrawn)
 
 
