@@ -7,7 +7,6 @@ its JSON text. Typing happens downstream.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from dataclasses import dataclass
@@ -101,9 +100,13 @@ def string_rows_table(body: bytes | bytearray) -> pa.Table | None:
     value, a repeated key, an empty array, not an array, not JSON) returns None and takes the general
     path, which keeps non-string values as their JSON text and says what is wrong with a bad body.
     """
-    document = b"".join((b'{"rows":', body, b"}"))  # one copy, whatever the body's type
+    document = pa.py_buffer(b"".join((b'{"rows":', body, b"}")))  # one copy, whatever the body's type
+    # One block, parsed on this thread from a native buffer: pages are decoded by several worker
+    # threads at once, and Arrow's own reader threads calling back into a Python file object
+    # crashed the process now and then (pyarrow 26).
+    options = pa_json.ReadOptions(block_size=document.size + 1, use_threads=False)
     try:
-        parsed = pa_json.read_json(io.BytesIO(document), read_options=pa_json.ReadOptions(block_size=len(document) + 1))
+        parsed = pa_json.read_json(pa.BufferReader(document), read_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     rows_type = parsed.schema.field("rows").type
