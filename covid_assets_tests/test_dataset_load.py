@@ -25,7 +25,7 @@ import pytest
 from covid_assets.datasets import load
 from covid_assets.datasets.dataset_spec import DatasetSpec, raw_table_spec
 from covid_assets.datasets.pages import export_pages
-from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
+from covid_assets.datasets.table_spec import ColumnRules, ColumnSpec, TableSpec
 from covid_assets.sources.socrata import SocrataError
 from covid_assets_tests.helpers import query
 
@@ -550,3 +550,67 @@ def test_a_column_the_declaration_gains_is_added_and_filled(connection, warehous
     stored = base_rows(warehouse_url, wider)
     assert all(stored[(us_date(r["submission_date"]), r["state"])][-1] == int(r["conf_cases"]) for r in given)
     assert query(warehouse_url, "SELECT count(conf_cases) FROM cdc_raw.cases_deaths")[0][0] == len(given)
+
+
+# ----------------------------------------------------------------------------- declared typing rules
+CODES = {"AL": "01", "AK": "02", "PR": "72"}
+RULED = TableSpec.build(
+    "ruled",
+    "results",
+    [
+        ColumnSpec("state", "TEXT", rules=ColumnRules(pattern="[A-Z]{2}", pattern_label="a 2-letter code")),
+        ColumnSpec("fips", "TEXT", rules=ColumnRules(pad_width=2, fill_from="state", fill_map=tuple(CODES.items()))),
+        ColumnSpec("outcome", "TEXT", rules=ColumnRules(allowed=("Positive", "Negative"))),
+        ColumnSpec("day", "DATE", rules=ColumnRules(problem="bad day")),
+        ColumnSpec("n", "BIGINT", rules=ColumnRules(max_abs=10**12, problem="non-numeric n")),
+    ],
+    key=["state", "outcome", "day"],
+)
+RULED_SPEC = DatasetSpec(name="ruled", domain="example.org", dataset_id="abcd-1234", base=RULED,
+                         raw=raw_table_spec("ruled_raw", "results", RULED))
+RULED_ROW = {"state": "AL", "fips": "01", "outcome": "Positive", "day": "2021-01-01", "n": "5"}
+
+
+@pytest.mark.parametrize(
+    ("change", "column", "expected"),
+    [
+        ({"fips": "1"}, "fips", "01"),  # a code a CSV tool read as a number regains its zero
+        ({"fips": " 123 "}, "fips", "123"),  # never cut
+        ({"fips": None}, "fips", "01"),  # filled from the state
+        ({"fips": " ", "state": "PR"}, "fips", "72"),
+        ({"fips": None, "state": "ZZ"}, "fips", None),  # no entry: left NULL
+        ({"n": "999999999999"}, "n", 999_999_999_999),
+        ({"n": "-0000000000000007"}, "n", -7),  # the bound is on the value, not its digits
+    ],
+)
+def test_declared_rules_pad_fill_and_bound_values(connection, warehouse_url: str, change: dict, column: str, expected) -> None:
+    load_all(connection, RULED_SPEC, pages_of([{**RULED_ROW, **change}]))
+    assert query(warehouse_url, f"SELECT {column} FROM ruled.results") == [(expected,)]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"state": "ALA"}, "state is not a 2-letter code"),
+        ({"state": "al"}, "state is not a 2-letter code"),
+        ({"state": "A\x00L"}, "state is not a 2-letter code"),  # a NUL byte makes a ruled text bad, never vanishes
+        ({"state": None}, "missing state"),
+        ({"outcome": "Maybe"}, "unknown outcome"),
+        ({"outcome": None}, "unknown outcome"),  # a key with allowed values: missing is unknown
+        ({"day": "2021-13-01"}, "bad day"),
+        ({"n": "12a"}, "non-numeric n"),
+        ({"n": "1.5"}, "non-numeric n"),
+        ({"n": "1000000000000"}, "n out of range (|n| >= 10^12)"),
+        ({"n": "-99999999999999999999999"}, "n out of range (|n| >= 10^12)"),
+    ],
+)
+def test_a_value_breaking_a_declared_rule_is_a_bad_row_named_by_the_rule(connection, warehouse_url: str, change: dict, problem: str) -> None:
+    rows = [{**RULED_ROW, "state": "AK"}, {**RULED_ROW, **change}, {**RULED_ROW, "state": "PR"}]
+    landing = load.land(connection, RULED_SPEC, pages_of(rows), FETCHED_AT)
+    with pytest.raises(load.InvalidRowsError) as refused:
+        load.gate(connection, RULED_SPEC, landing, allow_shrink=False, max_shrink_fraction=0.05)
+    connection.rollback()
+    message = str(refused.value)
+    assert message.startswith(f"1 of 3 source rows cannot be typed ({problem}: 1); first rows:\n"), message
+    assert f"  source row 1: {problem}: " in message
+    assert snapshot(warehouse_url, RULED_SPEC) == ((None, None), 0)

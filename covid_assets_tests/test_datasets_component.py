@@ -21,7 +21,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DefaultScheduleStatus, Definitions, load_from_defs_folder
 
-from covid_assets.datasets.component import DatasetLoadConfig, base_url_env, dataset_target
+from covid_assets.datasets.component import DatasetKeys, DatasetLoadConfig, base_checks, base_url_env, check_queries, dataset_target
 from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError
 from covid_assets.datasets.scaffold import main as scaffold
 from covid_assets.resources import build_resources
@@ -103,6 +103,37 @@ def test_where_the_rows_come_from_is_the_environment_never_run_config(monkeypatc
     monkeypatch.setenv("SOCRATA_OFFLINE", "1")
     assert Path(dataset_target(spec).source_file) == CDC_EXPORT.resolve()
     assert set(DatasetLoadConfig.model_fields) == {"allow_shrink", "max_shrink_fraction", "skip_if_unchanged"}
+
+
+def test_a_declaration_names_its_environment_variables_and_its_source_asset(monkeypatch: pytest.MonkeyPatch) -> None:
+    attributes = {**cdc_attributes(), "source_name": "cases_deaths_published",
+                  "environment": {"base_url": "CDC_BASE_URL", "dataset_id": "CDC_DATASET_ID", "source_file": "CDC_SOURCE_FILE"}}
+    spec = DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML)
+    assert DatasetKeys.of(spec).source == AssetKey(["socrata", "cases_deaths_published"])
+    for variable in ("SOCRATA_OFFLINE", "CDC_BASE_URL", "CDC_DATASET_ID", "CDC_SOURCE_FILE", base_url_env(spec.name)):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(base_url_env(spec.name), "http://127.0.0.1:8")  # not the declared name: not read
+    assert (dataset_target(spec).base_url, dataset_target(spec).dataset_id) == ("https://data.cdc.gov", "9mfq-cb36")
+    monkeypatch.setenv("CDC_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CDC_DATASET_ID", "abcd-efgh")
+    assert (dataset_target(spec).base_url, dataset_target(spec).dataset_id) == ("http://127.0.0.1:9", "abcd-efgh")
+    monkeypatch.setenv("SOCRATA_OFFLINE", "1")
+    assert Path(dataset_target(spec).source_file) == CDC_EXPORT.resolve()
+    monkeypatch.setenv("CDC_SOURCE_FILE", str(XT86))  # a source file the deployment names wins over the bundled one
+    assert dataset_target(spec).source_file == str(XT86)
+
+
+def test_checks_take_their_declared_names_and_a_named_column_is_a_check_of_its_own() -> None:
+    attributes = cdc_attributes()
+    attributes["checks"]["names"] = {"primary_key": "key_is_unique", "allowed_values.consent_deaths": "death_consent_is_known",
+                                     "date_window": "dates_in_range", "row_count": "row_count_matches_accepted_load"}
+    spec = DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML)
+    queries = {query.name: query for query in check_queries(spec)}
+    assert set(queries) == {"key_is_unique", "not_null", "allowed_values", "death_consent_is_known", "ranges", "dates_in_range"}
+    assert "consent_cases in" in queries["allowed_values"].description and "consent_deaths" not in queries["allowed_values"].description
+    assert queries["death_consent_is_known"].description.startswith("Only the declared values (or null): consent_deaths in")
+    checks = base_checks(spec)
+    assert {key.name for key in checks.check_keys} == {*queries, "row_count_matches_accepted_load"}
 
 
 # ----------------------------------------------------------------------------- the scaffold
@@ -206,6 +237,15 @@ def load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attributes: dict
         (lambda a: a["columns"]["tot_cases"].update(type="INTEGR"), "{file}: columns.tot_cases.type: unknown column type 'INTEGR'"),
         (lambda a: a.update(schedule="every day"), "{file}: schedule: 'every day' is not a cron schedule"),
         (lambda a: a["checks"]["date_window"].update(earliest="22/01/2020"), "{file}: checks.date_window.earliest: '22/01/2020'"),
+        # the typing rules and the names of checks
+        (lambda a: a["columns"]["tot_cases"].update(pad_width=2), "{file}: columns.tot_cases.pad_width: 'tot_cases' is BIGINT"),
+        (lambda a: a["columns"]["state"].update(max_abs=10), "{file}: columns.state.max_abs: 'state' is TEXT, not a number"),
+        (lambda a: a["columns"]["state"].update(pattern="[A-Z"), "{file}: columns.state.pattern: not a regular expression"),
+        (lambda a: a["columns"]["consent_cases"].update(fill_from={"column": "jurisdiction", "values": {"a": "b"}}),
+         "{file}: columns.consent_cases.fill_from.column: 'jurisdiction' is not another declared column"),
+        (lambda a: a["checks"].update(names={"allowed_values.state": "x"}), "{file}: checks.names.allowed_values.state: no such check here"),
+        (lambda a: a["checks"].update(names={"primary_key": "a", "row_count": "a"}), "{file}: checks.names: two checks have one name"),
+        (lambda a: a.update(environment={"base_url": "https://example.org"}), "is not an environment variable name"),
     ],
 )
 def test_a_bad_declaration_is_refused_naming_the_file_and_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change, says) -> None:

@@ -105,16 +105,25 @@ class SocrataDataset(Component, Resolvable, DatasetDeclaration):
 
 # ----------------------------------------------------------------------------- where the rows come from
 def dataset_target(spec: DatasetSpec, environ: Mapping[str, str] | None = None) -> SocrataTarget:
-    """The dataset's source as this deployment's environment says (read when the run starts, never from config)."""
+    """The dataset's source as this deployment's environment says (read when the run starts, never from config).
+
+    The declaration names the variables (`environment`); a declared source-file variable that is set
+    wins, then the declared export_file when SOCRATA_OFFLINE=1, else the API."""
     environ = os.environ if environ is None else environ
-    source_file = None
-    if env_flag(OFFLINE_ENV, default=False, environ=environ):
+    names = spec.environment
+
+    def declared(what: str, default: str | None = None) -> str | None:
+        variable = names.get(what, default)
+        return (environ.get(variable) or None) if variable else None
+
+    source_file = declared("source_file")
+    if source_file is None and env_flag(OFFLINE_ENV, default=False, environ=environ):
         if spec.export_file is None:
             raise Failure(f"{OFFLINE_ENV} is set but dataset {spec.name!r} declares no export_file to read offline")
         source_file = str(spec.export_file)
     return SocrataTarget(
-        base_url=environ.get(base_url_env(spec.name)) or spec.base_url,
-        dataset_id=spec.dataset_id,
+        base_url=declared("base_url", base_url_env(spec.name)) or spec.base_url,
+        dataset_id=declared("dataset_id") or spec.dataset_id,
         app_token=environ.get(TOKEN_ENV) or None,
         source_file=source_file,
     )
@@ -144,7 +153,7 @@ class DatasetKeys:
 
     @classmethod
     def of(cls, spec: DatasetSpec) -> "DatasetKeys":
-        return cls(AssetKey(["socrata", spec.name]), spec.raw.asset_key, spec.base.asset_key)
+        return cls(spec.source_key, spec.raw.asset_key, spec.base.asset_key)
 
 
 def dataset_definitions(spec: DatasetSpec, *, schedule: str | None = None, sensor_minutes: float | None = None) -> Definitions:
@@ -400,50 +409,56 @@ class CheckQuery:
     name: str
     description: str
     query: sql.Composable
+    counts_named: bool = False  # the query's labels name the counts already (else: <column>_violations)
 
 
 def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
-    """The checks of the base table as SQL; each query returns one row of offending-row counts."""
+    """The checks of the base table as SQL; each query returns one row of offending-row counts.
+
+    A check's name is the declared one (`checks.names`) or its kind; a column given a name of its
+    own (`allowed_values.state: states_are_known`) is a check of its own, the others share one."""
     table = sql.Identifier(spec.base.schema, spec.base.name)
     key = sql.SQL(", ").join(map(sql.Identifier, spec.base.key))
     any_key_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in spec.base.key)
+    values = spec.checks
+    names = values.names
     checks = [
         CheckQuery(
-            "primary_key",
+            names.get("primary_key", "primary_key"),
             f"({', '.join(spec.base.key)}) is unique and never null.",
             sql.SQL(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} GROUP BY {k} HAVING count(*) > 1) d) AS duplicate_keys, "
                 "(SELECT count(*) FROM {t} WHERE {n}) AS null_keys"
             ).format(t=table, k=key, n=any_key_null),
+            counts_named=True,
         )
     ]
-    values = spec.checks
     if values.not_null:
         counts = sql.SQL(", ").join(
             sql.SQL("count(*) FILTER (WHERE {c} IS NULL) AS {a}").format(c=sql.Identifier(c), a=sql.Identifier(c)) for c in values.not_null
         )
-        checks.append(CheckQuery("not_null", f"Never null: {', '.join(values.not_null)}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
-    if values.allowed_values:
+        checks.append(CheckQuery(names.get("not_null", "not_null"), f"Never null: {', '.join(values.not_null)}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
+    for name, allowed in _by_check_name("allowed_values", values.allowed_values, names):
         counts = sql.SQL(", ").join(
             sql.SQL("count(*) FILTER (WHERE {c} IS NOT NULL AND {c}::text NOT IN ({v})) AS {a}").format(
-                c=sql.Identifier(c), v=sql.SQL(", ").join(map(sql.Literal, allowed)), a=sql.Identifier(c)
+                c=sql.Identifier(c), v=sql.SQL(", ").join(map(sql.Literal, v)), a=sql.Identifier(c)
             )
-            for c, allowed in values.allowed_values.items()
+            for c, v in allowed.items()
         )
-        described = "; ".join(f"{c} in {', '.join(v)}" for c, v in values.allowed_values.items())
-        checks.append(CheckQuery("allowed_values", f"Only the declared values (or null): {described}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
-    if values.ranges:
+        described = "; ".join(f"{c} in {', '.join(v)}" for c, v in allowed.items())
+        checks.append(CheckQuery(name, f"Only the declared values (or null): {described}.", sql.SQL("SELECT {} FROM {}").format(counts, table)))
+    for name, ranges in _by_check_name("ranges", values.ranges, names):
         parts, described = [], []
-        for c, (low, high) in values.ranges.items():
+        for c, (low, high) in ranges.items():
             conditions = [sql.SQL("{} < {}").format(sql.Identifier(c), sql.Literal(low))] if low is not None else []
             conditions += [sql.SQL("{} > {}").format(sql.Identifier(c), sql.Literal(high))] if high is not None else []
             parts.append(sql.SQL("count(*) FILTER (WHERE {}) AS {}").format(sql.SQL(" OR ").join(conditions), sql.Identifier(c)))
             described.append(f"{c} in [{'' if low is None else f'{low:g}'}, {'' if high is None else f'{high:g}'}]")
-        checks.append(CheckQuery("ranges", f"Within range: {'; '.join(described)}.", sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), table)))
+        checks.append(CheckQuery(name, f"Within range: {'; '.join(described)}.", sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), table)))
     if window := values.date_window:
         checks.append(
             CheckQuery(
-                "date_window",
+                names.get("date_window", "date_window"),
                 f"{window.column} between {window.earliest.isoformat()} and {window.future_days} day(s) after today.",
                 sql.SQL("SELECT count(*) FILTER (WHERE {c} < {e}::date OR {c} >= current_date + {d}) AS {a} FROM {t}").format(
                     c=sql.Identifier(window.column), e=sql.Literal(window.earliest.isoformat()), d=sql.Literal(window.future_days + 1),
@@ -452,6 +467,17 @@ def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
             )
         )
     return checks
+
+
+def _by_check_name(kind: str, per_column: Mapping[str, Any], names: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """The columns of one kind of check grouped into checks: one per column named on its own, one for the rest."""
+    shared = {c: v for c, v in per_column.items() if f"{kind}.{c}" not in names}
+    own = [(names[f"{kind}.{c}"], {c: v}) for c, v in per_column.items() if f"{kind}.{c}" in names]
+    return ([(names.get(kind, kind), shared)] if shared else []) + own
+
+
+def row_count_check_name(spec: DatasetSpec) -> str:
+    return spec.checks.names.get("row_count", ROW_COUNT_CHECK)
 
 
 ROW_COUNT_CHECK = "row_count_matches_load"
@@ -463,7 +489,7 @@ def base_checks(spec: DatasetSpec):
     specs = [AssetCheckSpec(q.name, asset=keys.base, description=q.description, blocking=True) for q in queries]
     specs.append(
         AssetCheckSpec(
-            ROW_COUNT_CHECK, asset=keys.base, blocking=True,
+            row_count_check_name(spec), asset=keys.base, blocking=True,
             description="The base table holds exactly the rows the last accepted load typed (after duplicate keys were dropped).",
         )
     )
@@ -492,7 +518,7 @@ def evaluate(key: AssetKey, query: CheckQuery, warehouse: WarehouseResource) -> 
         check_name=query.name,
         passed=not any(counts.values()),
         severity=AssetCheckSeverity.ERROR,
-        metadata={f"{label}_violations" if query.name != "primary_key" else label: count for label, count in counts.items()},
+        metadata={f"{label}_violations" if not query.counts_named else label: count for label, count in counts.items()},
     )
 
 
@@ -511,7 +537,7 @@ def row_count_result(context: AssetCheckExecutionContext, key: AssetKey, spec: D
     stored = warehouse.row_count(spec.base.schema, spec.base.name)
     return AssetCheckResult(
         asset_key=key,
-        check_name=ROW_COUNT_CHECK,
+        check_name=row_count_check_name(spec),
         passed=expected is not None and stored == expected,
         severity=AssetCheckSeverity.ERROR,
         metadata={"stored_rows": stored if stored is not None else -1, "accepted_rows": expected if expected is not None else -1},

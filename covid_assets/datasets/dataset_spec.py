@@ -12,8 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
+
+if TYPE_CHECKING:
+    from dagster import AssetKey
 
 __all__ = ["DatasetSpec", "ValueChecks", "DateWindow", "EXTRA_COLUMNS", "FETCHED_AT", "raw_table_spec"]
 
@@ -35,6 +39,7 @@ class ValueChecks:
     """Checks of the base table's values, run as asset checks after each load."""
 
     not_null: tuple[str, ...] = ()
+    names: dict[str, str] = field(default_factory=dict)  # check (or check.column) -> its name, where not the default
     allowed_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # column: (min, max), inclusive
     date_window: DateWindow | None = None
@@ -50,6 +55,8 @@ class DatasetSpec:
     dataset_id: str  # the Socrata 4x4, e.g. 9mfq-cb36
     base: TableSpec  # typed, unique on base.key
     raw: TableSpec  # see raw_table_spec
+    source_name: str = ""  # the observed source asset is socrata/<source_name> (default: name)
+    environment: dict[str, str] = field(default_factory=dict)  # base_url/dataset_id/source_file -> variable NAME
     required: tuple[str, ...] = ()  # source fields every delivery must have
     checks: ValueChecks = field(default_factory=ValueChecks)
     max_shrink_fraction: float = 0.05
@@ -59,6 +66,12 @@ class DatasetSpec:
     description: str = ""
     group: str = "datasets"
     owners: tuple[str, ...] = ()
+
+    @property
+    def source_key(self) -> AssetKey:
+        from dagster import AssetKey
+
+        return AssetKey(["socrata", self.source_name or self.name])
 
     @property
     def base_url(self) -> str:

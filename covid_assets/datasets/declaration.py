@@ -24,7 +24,7 @@ from dagster import Model
 from pydantic import Field, StringConstraints, field_validator
 
 from covid_assets.datasets.dataset_spec import DatasetSpec, DateWindow, ValueChecks, raw_table_spec
-from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
+from covid_assets.datasets.table_spec import ColumnRules, ColumnSpec, TableSpec
 from covid_assets.sources.socrata.errors import SocrataError
 from covid_assets.sources.socrata.metadata import warehouse_type
 
@@ -34,6 +34,8 @@ __all__ = [
     "DatasetDeclaration",
     "DateWindowDeclaration",
     "DeclarationError",
+    "EnvironmentDeclaration",
+    "FillDeclaration",
     "RangeDeclaration",
     "SensorDeclaration",
     "TableName",
@@ -70,13 +72,67 @@ class TableName(Model):
     _names = field_validator("schema_", "table")(_identifier)
 
 
+class FillDeclaration(Model):
+    """Complete a missing value from another column's value: `values` maps that value to this column's."""
+
+    column: str = Field(description="The base column whose (trimmed) value is looked up, e.g. state")
+    values: dict[str, str] = Field(description="Its value -> this column's value, e.g. AL: '01'")
+
+    @field_validator("values")
+    @classmethod
+    def _some(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("give at least one value")
+        return value
+
+
 class ColumnDeclaration(Model):
-    """One base column. `type` overrides the type derived from `source_type` (Socrata's dataTypeName)."""
+    """One base column. `type` overrides the type derived from `source_type` (Socrata's dataTypeName);
+    the typing rules below make a value that breaks them a bad row (the delivery is refused)."""
 
     type: str | None = Field(default=None, description="Warehouse type (TEXT, BIGINT, NUMERIC, DATE, ...); overrides the derived one")
     source_type: str | None = Field(default=None, description="Socrata dataTypeName the scaffold found, e.g. number")
     description: str = ""
     source: str | None = Field(default=None, description="The source field, when it differs from the column name")
+    pattern: str | None = Field(default=None, description="A regular expression every value matches whole, e.g. '[A-Z]{2}'")
+    pattern_label: str | None = Field(default=None, description="What the pattern means, for the bad-row report: 'a 2-letter code'")
+    allowed_values: list[str] | None = Field(default=None, description="The only values the column may hold (a typing rule)")
+    max_abs: int | None = Field(default=None, description="Numbers: every value's |n| is below this bound")
+    pad_width: int | None = Field(default=None, description="Text: left-pad a shorter value with zeros to this width")
+    fill_from: FillDeclaration | None = Field(default=None, description="Text: a missing value is looked up from another column's")
+    problem: str | None = Field(default=None, description="How the bad-row report names a value that cannot be typed")
+
+    @field_validator("max_abs")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"{value} is not a positive bound")
+        return value
+
+    @field_validator("pad_width")
+    @classmethod
+    def _width(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 100:
+            raise ValueError(f"{value} is outside 1 to 100 characters")
+        return value
+
+
+class EnvironmentDeclaration(Model):
+    """The NAMES of the environment variables that point a deployment's dataset elsewhere (never values).
+
+    base_url defaults to SOCRATA_BASE_URL_<NAME>; dataset_id and source_file to none (the declared
+    id; the API, or the declared export_file with SOCRATA_OFFLINE=1)."""
+
+    base_url: str | None = None
+    dataset_id: str | None = None
+    source_file: str | None = None
+
+    @field_validator("base_url", "dataset_id", "source_file")
+    @classmethod
+    def _a_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,99}", value):
+            raise ValueError(f"{value[:100]!r} is not an environment variable name (A-Z, 0-9, _): name the variable, never a value")
+        return value
 
 
 class RangeDeclaration(Model):
@@ -104,6 +160,11 @@ class ChecksDeclaration(Model):
     allowed_values: dict[str, list[str]] = Field(default_factory=dict)
     ranges: dict[str, RangeDeclaration] = Field(default_factory=dict)
     date_window: DateWindowDeclaration | None = None
+    names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Check names other than the defaults, by check (primary_key, not_null, allowed_values, ranges, "
+        "date_window, row_count) or by check and column (allowed_values.state: a check of its own for that column)",
+    )
 
 
 class SensorDeclaration(Model):
@@ -125,6 +186,8 @@ class DatasetDeclaration(Model):
     domain: Domain = Field(description="The Socrata domain, e.g. data.cdc.gov (the API is https://{domain})")
     dataset_id: FourByFour = Field(description="The Socrata four-by-four, e.g. 9mfq-cb36")
     name: DatasetName = Field(description="Short identifier used in job, check and sensor names")
+    source_name: Identifier | None = Field(default=None, description="The observed source asset is socrata/<source_name> (default: name)")
+    environment: EnvironmentDeclaration = Field(default_factory=EnvironmentDeclaration)
     title: str = ""
     description: str = ""
     raw: TableName
@@ -152,6 +215,8 @@ class DatasetDeclaration(Model):
         self._check_schedule(file)
         return DatasetSpec(
             name=self.name,
+            source_name=self.source_name or self.name,
+            environment=self.environment.model_dump(exclude_none=True),
             domain=self.domain,
             dataset_id=self.dataset_id,
             base=base,
@@ -178,7 +243,33 @@ class DatasetDeclaration(Model):
         except SocrataError as error:
             raise DeclarationError(file, f"{field}.type", str(error)) from None
         source = column.source or name
-        return ColumnSpec(name, declared, column.description, source=column.source, lineage=(source,))
+        return ColumnSpec(name, declared, column.description, source=column.source, lineage=(source,), rules=self._rules(file, name, column, declared))
+
+    def _rules(self, file: Path, name: str, column: ColumnDeclaration, declared: str) -> ColumnRules:
+        field = f"columns.{name}"
+        if column.pattern is not None:
+            try:
+                re.compile(column.pattern)
+            except re.error as error:
+                raise DeclarationError(file, f"{field}.pattern", f"not a regular expression ({error})") from None
+        if column.max_abs is not None and declared not in ("BIGINT", "NUMERIC", "DOUBLE PRECISION"):
+            raise DeclarationError(file, f"{field}.max_abs", f"{name!r} is {declared}, not a number")
+        for option in ("pad_width", "fill_from"):
+            if getattr(column, option) is not None and declared != "TEXT":
+                raise DeclarationError(file, f"{field}.{option}", f"{name!r} is {declared}: only a TEXT column is padded or filled")
+        fill = column.fill_from
+        if fill is not None and (fill.column == name or fill.column not in self.columns):
+            raise DeclarationError(file, f"{field}.fill_from.column", f"{fill.column!r} is not another declared column")
+        return ColumnRules(
+            pattern=column.pattern,
+            pattern_label=column.pattern_label,
+            allowed=tuple(column.allowed_values or ()),
+            max_abs=column.max_abs,
+            pad_width=column.pad_width,
+            fill_from=fill.column if fill else None,
+            fill_map=tuple(fill.values.items()) if fill else (),
+            problem=column.problem,
+        )
 
     def _check_columns(self, file: Path, base: TableSpec) -> None:
         """Every column a check, the series key or the raw table names exists."""
@@ -227,12 +318,29 @@ class DatasetDeclaration(Model):
                 raise DeclarationError(file, f"checks.ranges.{column}", "give min, max or both")
             if bounds.min is not None and bounds.max is not None and bounds.min > bounds.max:
                 raise DeclarationError(file, f"checks.ranges.{column}", f"min {bounds.min:g} is above max {bounds.max:g}")
+        self._check_names(file)
         return ValueChecks(
+            names=dict(self.checks.names),
             not_null=tuple(self.checks.not_null),
             allowed_values={column: tuple(values) for column, values in self.checks.allowed_values.items()},
             ranges={column: (bounds.min, bounds.max) for column, bounds in self.checks.ranges.items()},
             date_window=window,
         )
+
+    def _check_names(self, file: Path) -> None:
+        """A name is given to a check the declaration has, is an identifier, and names one check only."""
+        checks = self.checks
+        known = {"primary_key", "row_count", *(["not_null"] if checks.not_null else []), *(["date_window"] if checks.date_window else [])}
+        for kind, columns in (("allowed_values", checks.allowed_values), ("ranges", checks.ranges)):
+            if columns:
+                known |= {kind, *(f"{kind}.{column}" for column in columns)}
+        for check, name in checks.names.items():
+            if check not in known:
+                raise DeclarationError(file, f"checks.names.{check}", f"no such check here (checks: {', '.join(sorted(known))})")
+            if not _is_identifier(name):
+                raise DeclarationError(file, f"checks.names.{check}", f"{name!r} is not a lower-case identifier")
+        if len(set(checks.names.values())) < len(checks.names):
+            raise DeclarationError(file, "checks.names", "two checks have one name")
 
     def _export_path(self, file: Path) -> Path | None:
         if self.export_file is None:

@@ -43,7 +43,7 @@ from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, Datase
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
 from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin
 from covid_assets.datasets.refusals import InvalidRowsError, ShrinkingSourceError
-from covid_assets.datasets.sql_typing import rule, trimmed
+from covid_assets.datasets.sql_typing import completed, rule, rule_problems, trimmed
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
 
@@ -216,7 +216,7 @@ class _Stager:
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.fields = [column.name for column in spec.raw.columns if column.name not in (EXTRA_COLUMNS, FETCHED_AT)]
-        self.typed_fields = {column.source_field for column in spec.base.columns if column.type != "TEXT"}
+        self.typed_fields = {column.source_field for column in spec.base.columns if column.type != "TEXT" or column.rules.constrains}
         self.digest = hashlib.sha256()
         self.seen: dict[str, None] = {}
         self.kept: list[tuple[str, str]] = []
@@ -321,17 +321,19 @@ class _Typing:
         return sql.Identifier(f"v{i}")
 
     def problems(self) -> list[tuple[str, sql.Composable]]:
-        """(what is wrong, the predicate on t_i/v_i) per column: a value given but not typed; a missing key."""
-        found: list[tuple[str, sql.Composable]] = []
+        """(what is wrong, the predicate on t_i/v_i): per column, a value given but not typed, a missing key,
+        a broken declared rule (sql_typing.rule_problems); one entry per wording, in column order."""
+        found: dict[str, list[sql.Composable]] = {}
         for i, column in enumerate(self.columns):
-            if column.type != "TEXT":
-                found.append(
-                    (f"bad {column.name} ({rule(column.type).expected})",
-                     sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(self._text(i), self._value(i)))
-                )
-            if column.name in self.key:
-                found.append((f"missing {column.name}", sql.SQL("({} IS NULL AND {} IS NULL)").format(self._text(i), self._value(i))))
-        return found
+            for label, predicate in rule_problems(column, self._text(i), self._value(i), key=column.name in self.key):
+                found.setdefault(label, []).append(predicate)
+        return [(label, sql.SQL(" OR ").join(predicates) if len(predicates) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(predicates)))
+                for label, predicates in found.items()]
+
+    def _completed_text(self, column) -> sql.Composable:
+        """The column's trimmed source text, padded and filled as declared (sql_typing.completed)."""
+        fill = self.spec.base[column.rules.fill_from].source_field if column.rules.fill_from else None
+        return completed(trimmed(sql.Identifier(column.source_field)), column.rules, trimmed(sql.Identifier(fill)) if fill else None)
 
     def _prepared(self, i: int) -> sql.Identifier:
         return sql.Identifier(f"n{i}")
@@ -342,7 +344,7 @@ class _Typing:
             sql.SQL("{t} AS {ti}, {prepared} AS {ni}").format(
                 t=trimmed(sql.Identifier(column.source_field)),
                 ti=self._text(i),
-                prepared=rule(column.type).prepare(trimmed(sql.Identifier(column.source_field))),
+                prepared=rule(column.type).prepare(self._completed_text(column)),
                 ni=self._prepared(i),
             )
             for i, column in enumerate(self.columns)

@@ -19,22 +19,30 @@ holds. A value given but not valid is a bad row, refused with the delivery, neve
 
 Calendar and range validity come from Postgres itself (`pg_input_is_valid`, PostgreSQL 16+), so
 February 30th or a 20-digit count is refused exactly where a cast would fail.
+
+A column may declare more than its type (`ColumnRules`): a shorter text left-padded with zeros
+and a missing one filled from a lookup of another column (`completed`, before the type's rule
+reads the text), and rules a typed value must keep, each a bad-row problem of its own
+(`rule_problems`): a pattern, allowed values, a bound on |n|.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from psycopg import sql
 
+from covid_assets.datasets.table_spec import ColumnRules, ColumnSpec
 from covid_assets.sources.socrata.metadata import WAREHOUSE_TYPES, WarehouseType
 
-__all__ = ["TypeRule", "RULES", "rule", "trimmed"]
+__all__ = ["TypeRule", "RULES", "completed", "rule", "rule_problems", "trimmed", "WHOLE_NUMBER"]
 
 _WHITESPACE = " \t\r\n"
 _SIGNED_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 _TIME = r"\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?"
 _ZONE = r"(Z|[+-]\d{2}(:?\d{2})?)"
+WHOLE_NUMBER = r"^[+-]?[0-9]+$"  # a whole number as text, whatever its size
 _HAS_ZONE = rf"\d:\d{{2}}(:\d{{2}}(\.\d+)?)?( ?[AaPp][Mm])? ?{_ZONE}$"  # a zone after a time (a date's "-23" is not one)
 
 
@@ -157,3 +165,56 @@ def rule(warehouse_type: WarehouseType) -> TypeRule:
 def trimmed(column: sql.Composable) -> sql.Composed:
     """The value without surrounding whitespace; NULL when blank (blank is NULL for every type)."""
     return sql.SQL("NULLIF(btrim({}, {}), '')").format(column, sql.Literal(_WHITESPACE))
+
+
+# ----------------------------------------------------------------------------- declared rules
+def completed(text: sql.Composable, rules: ColumnRules, fill_text: sql.Composable | None = None) -> sql.Composable:
+    """The trimmed text as the type's rule reads it: left-padded with zeros to `pad_width` when shorter,
+    and, when missing, the `fill_map` value of `fill_text` (the trimmed text of the `fill_from` column)."""
+    if rules.pad_width:
+        text = sql.SQL("CASE WHEN length({t}) < {w} THEN lpad({t}, {w}, '0') ELSE {t} END").format(
+            t=text, w=sql.Literal(rules.pad_width)
+        )
+    if rules.fill_map and fill_text is not None:
+        lookup = sql.Literal(json.dumps(dict(rules.fill_map), sort_keys=True))
+        text = sql.SQL("coalesce({}, {}::jsonb ->> {})").format(text, lookup, fill_text)
+    return text
+
+
+def rule_problems(
+    column: ColumnSpec, text: sql.Composable, value: sql.Composable, *, key: bool
+) -> list[tuple[str, sql.Composable]]:
+    """(what is wrong, a predicate on the trimmed text and typed value) for each way a value of `column`
+    can be refused: not of its type, missing (key columns), against a declared rule. Never NULL."""
+    rules = column.rules
+    found: list[tuple[str, sql.Composable]] = []
+    whole = sql.SQL("{} ~ {}").format(text, sql.Literal(WHOLE_NUMBER))
+    if column.type != "TEXT":
+        not_typed = sql.SQL("({} IS NOT NULL AND {} IS NULL)").format(text, value)
+        if rules.max_abs:  # a whole number that failed is out of range, not "bad"
+            not_typed = sql.SQL("({} AND NOT coalesce({}, false))").format(not_typed, whole)
+        found.append((rules.problem or f"bad {column.name} ({rule(column.type).expected})", not_typed))
+    missing = sql.SQL("({} IS NULL AND {} IS NULL)").format(text, value)
+    unknown = sql.SQL("coalesce({}::text NOT IN ({}), false)").format(value, sql.SQL(", ").join(map(sql.Literal, rules.allowed)))
+    if key and rules.allowed:  # a key with allowed values: a missing one is just another unknown value
+        found.append((f"unknown {column.name}", sql.SQL("({} OR {})").format(missing, unknown)))
+    elif key:
+        found.append((f"missing {column.name}", missing))
+    elif rules.allowed:
+        found.append((f"unknown {column.name}", unknown))
+    if rules.pattern:
+        label = f"{column.name} is not {rules.pattern_label}" if rules.pattern_label else f"{column.name} does not match {rules.pattern}"
+        found.append((label, sql.SQL("coalesce({}::text !~ {}, false)").format(value, sql.Literal(f"^(?:{rules.pattern})$"))))
+    if rules.max_abs:
+        bound = sql.Literal(rules.max_abs)
+        found.append((
+            f"{column.name} out of range (|n| >= {_power_of_ten(rules.max_abs)})",
+            sql.SQL("(coalesce(abs({v}) >= {b}, false) OR ({v} IS NULL AND coalesce({w}, false)))").format(v=value, b=bound, w=whole),
+        ))
+    return found
+
+
+def _power_of_ten(number: int) -> str:
+    """10^12 for 1000000000000, as the bad-row report writes a bound; any other number with separators."""
+    digits = str(number)
+    return f"10^{len(digits) - 1}" if digits.startswith("1") and set(digits[1:]) <= {"0"} and len(digits) > 1 else f"{number:,}"

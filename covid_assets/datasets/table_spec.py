@@ -17,7 +17,7 @@ from covid_assets.sources.socrata.metadata import WAREHOUSE_TYPES, WarehouseType
 if TYPE_CHECKING:
     from dagster import AssetKey, TableColumnLineage, TableSchema
 
-__all__ = ["ColumnSpec", "TableSpec", "PANDAS_DTYPE_NAMES"]
+__all__ = ["ColumnSpec", "ColumnRules", "TableSpec", "PANDAS_DTYPE_NAMES"]
 
 # Warehouse type -> the pandas dtype a frame of the table holds it in (by name, so that importing
 # this module does not import pandas; `TableSpec.pandas_dtypes` resolves them).
@@ -35,6 +35,34 @@ PANDAS_DTYPE_NAMES: dict[WarehouseType, str] = {
 
 
 @dataclass(frozen=True)
+class ColumnRules:
+    """What a value must be beyond its type, and how a missing one is completed (the loader's SQL typing).
+
+    Each rule makes a value that breaks it a bad row, refused with the delivery, named in the
+    bad-row report: `pattern` (a regular expression the whole trimmed text matches; `pattern_label`
+    says what that means, e.g. "a 2-letter code"), `allowed` (the only values; a missing value of a
+    key column with allowed values is reported as unknown), `max_abs` (numbers: |n| < max_abs).
+    `pad_width` left-pads a shorter value with zeros (a code a CSV tool read as a number);
+    `fill_from` and `fill_map` complete a missing value from another column's (trimmed) value.
+    `problem` names a value that cannot be typed in the report (default: "bad <column> (<expected>)").
+    """
+
+    pattern: str | None = None
+    pattern_label: str | None = None
+    allowed: tuple[str, ...] = ()
+    max_abs: int | None = None
+    pad_width: int | None = None
+    fill_from: str | None = None
+    fill_map: tuple[tuple[str, str], ...] = ()
+    problem: str | None = None
+
+    @property
+    def constrains(self) -> bool:
+        """A rule can refuse a value (so a NUL byte in it must stay visible, not be removed)."""
+        return bool(self.pattern or self.allowed or self.max_abs)
+
+
+@dataclass(frozen=True)
 class ColumnSpec:
     """One column: its warehouse type, what it means, and where its values come from.
 
@@ -47,6 +75,7 @@ class ColumnSpec:
     description: str = ""
     source: str | None = None
     lineage: tuple[str, ...] = ()
+    rules: ColumnRules = ColumnRules()
 
     def __post_init__(self) -> None:
         if self.type not in WAREHOUSE_TYPES:
