@@ -48,7 +48,7 @@ from dagster import (
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from covid_assets.alerts import Alert, Channel, channels_from_env, deliver, first_line, run_url
-from covid_assets.assets.raw import RETRY_NUMBER_TAG
+from covid_assets.datasets.operations import RETRY_NUMBER_TAG
 from covid_assets.assets.tables import TABLE_ASSET_KEYS
 from covid_assets.freshness import SOURCE_STALENESS_CHECK
 from covid_assets.settings import env_float

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
+    AssetKey,
     AssetCheckSeverity,
     AssetMaterialization,
     AssetsDefinition,
@@ -29,7 +30,7 @@ from dagster import (
     map_asset_specs,
 )
 
-from covid_assets.assets.tables import RAW_ASSET_KEY, SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import SOURCE_ASSET_KEY
 from covid_assets.settings import env_float
 
 FRESHNESS_HOURS_ENV = "COVID_FRESHNESS_HOURS"
@@ -62,7 +63,14 @@ def with_freshness_policy(assets: Sequence[AssetsDefinition], policy: FreshnessP
 
 
 def confirmation_materializations(
-    instance: DagsterInstance, run_id: str, message: str, raw_evidence: Mapping[str, object]
+    instance: DagsterInstance,
+    run_id: str,
+    message: str,
+    raw_evidence: Mapping[str, object],
+    *,
+    table_keys: Sequence[AssetKey],
+    raw_key: AssetKey,
+    source_key: AssetKey,
 ) -> list[AssetMaterialization]:
     """One materialization per table, writing nothing: "this run confirmed the table matches the source".
 
@@ -71,10 +79,10 @@ def confirmation_materializations(
     observation, which is what was just confirmed. The raw table's also carries the change-detection
     evidence (`raw_evidence`), so the next run compares with what was confirmed today.
     """
-    previous = instance.get_latest_materialization_events(TABLE_ASSET_KEYS)
-    source_tags = _latest_source_version_tags(instance)
+    previous = instance.get_latest_materialization_events(table_keys)
+    source_tags = _latest_source_version_tags(instance, source_key)
     events = []
-    for key in TABLE_ASSET_KEYS:
+    for key in table_keys:
         entry = previous.get(key)
         before = entry.asset_materialization if entry is not None else None
         tags = {name: value for name, value in (entry.tags or {}).items() if name.startswith(PROVENANCE_TAG_PREFIXES)} if entry else {}
@@ -83,7 +91,7 @@ def confirmation_materializations(
             "source_unchanged": MetadataValue.text(message),
             LOADED_BY_RUN: MetadataValue.text(_loaded_by(before, entry.run_id) if entry else "unknown"),
         }
-        if key == RAW_ASSET_KEY:
+        if key == raw_key:
             tags.update(source_tags)
             metadata.update(raw_evidence)
         events.append(AssetMaterialization(asset_key=key, metadata=metadata, tags=tags, description=message))
@@ -96,12 +104,12 @@ def _loaded_by(before: AssetMaterialization | None, run_id: str) -> str:
     return str(carried.value) if carried is not None else run_id
 
 
-def _latest_source_version_tags(instance: DagsterInstance) -> dict[str, str]:
-    record = instance.get_latest_data_version_record(SOURCE_ASSET_KEY, is_source=True)
+def _latest_source_version_tags(instance: DagsterInstance, source_key: AssetKey) -> dict[str, str]:
+    record = instance.get_latest_data_version_record(source_key, is_source=True)
     version = (record.event_log_entry.tags or {}).get("dagster/data_version") if record else None
     if record is None or version is None:
         return {}
-    name = SOURCE_ASSET_KEY.to_user_string()
+    name = source_key.to_user_string()
     return {f"dagster/input_data_version/{name}": version, f"dagster/input_event_pointer/{name}": str(record.storage_id)}
 
 
@@ -110,13 +118,19 @@ def source_stale_days(environ: Mapping[str, str] | None = None) -> float:
     return env_float(SOURCE_STALE_DAYS_ENV, DEFAULT_SOURCE_STALE_DAYS, minimum=0, environ=environ)
 
 
-def source_staleness(rows_updated_at: int | None, now: dt.datetime, stale_days: float) -> AssetCheckEvaluation:
+def staleness_check_key(source_key: AssetKey) -> AssetCheckKey:
+    return AssetCheckKey(source_key, SOURCE_STALENESS_CHECK.name)
+
+
+def source_staleness(
+    rows_updated_at: int | None, now: dt.datetime, stale_days: float, source_key: AssetKey = SOURCE_ASSET_KEY
+) -> AssetCheckEvaluation:
     """A warning with the publisher's last update and its age when older than `stale_days`.
 
     Without a `rowsUpdatedAt` (a local export file, an API that does not say) it passes and says so.
     """
     if rows_updated_at is None:
-        return _staleness(True, {"verdict": MetadataValue.text("the source gives no rowsUpdatedAt: its age is unknown")})
+        return _staleness(source_key, True, {"verdict": MetadataValue.text("the source gives no rowsUpdatedAt: its age is unknown")})
     updated = dt.datetime.fromtimestamp(rows_updated_at, dt.UTC)
     age_days = (now - updated).total_seconds() / 86_400
     stale = age_days > stale_days
@@ -127,6 +141,7 @@ def source_staleness(rows_updated_at: int | None, now: dt.datetime, stale_days: 
         else f"the publisher updated the dataset {age_days:.1f} days ago ({updated:%Y-%m-%d %H:%M} UTC)"
     )
     return _staleness(
+        source_key,
         not stale,
         {
             "rows_updated_at": MetadataValue.timestamp(updated),
@@ -137,9 +152,9 @@ def source_staleness(rows_updated_at: int | None, now: dt.datetime, stale_days: 
     )
 
 
-def _staleness(passed: bool, metadata: dict[str, object]) -> AssetCheckEvaluation:
+def _staleness(source_key: AssetKey, passed: bool, metadata: dict[str, object]) -> AssetCheckEvaluation:
     return AssetCheckEvaluation(
-        asset_key=SOURCE_ASSET_KEY,
+        asset_key=source_key,
         check_name=SOURCE_STALENESS_CHECK.name,
         passed=passed,
         severity=AssetCheckSeverity.WARN,

@@ -277,7 +277,9 @@ def test_dg_check_defs_passes_from_the_repository_root(tmp_path: Path) -> None:
 needs_loader = pytest.mark.skipif(not HAS_LOADER, reason="covid_assets.datasets.load is not on this branch yet")
 
 
-def materialize_cdc(url: str, instance=None, **run_config):
+def materialize_cdc(url: str, instance=None, source: dict | None = None, tags: dict | None = None, **run_config):
+    """The CDC dataset's raw and base table with their checks, as a manual materialization (`run_config`:
+    the load step's config; `source`: the deployment's source variables, by default the bundled export)."""
     from dagster import AssetSelection, materialize
 
     from covid_assets.sources.socrata import SocrataSource
@@ -285,14 +287,15 @@ def materialize_cdc(url: str, instance=None, **run_config):
     from covid_assets_tests.helpers import deployment
 
     defs = load_from_defs_folder(path_within_project=ROOT / "covid_assets")
-    with deployment(url, SOCRATA_OFFLINE="1"):
+    with deployment(url, **(source or {"SOCRATA_OFFLINE": "1"})):
         return materialize(
             [*defs.assets, *defs.asset_checks],
             selection=AssetSelection.assets(RAW, BASE),
-            resources={**warehouse_resources(), "socrata": SocrataSource()},
+            resources={**warehouse_resources(), "socrata": SocrataSource(max_retries=0, backoff_factor=0)},
             run_config={"ops": {"load_cdc_cases_deaths_by_state": {"config": run_config}}} if run_config else None,
             raise_on_error=False,
             instance=instance,
+            tags=tags,
         )
 
 
@@ -323,24 +326,94 @@ def test_the_cdc_dataset_loads_offline_from_its_bundled_export_and_its_checks_pa
 
 
 @needs_loader
-def test_a_second_run_on_the_unchanged_export_writes_nothing(warehouse_url: str) -> None:
+def test_an_unchanged_source_confirms_every_table_and_a_manual_run_reloads(warehouse_url: str) -> None:
     from dagster import DagsterInstance
 
-    from covid_assets_tests.helpers import query
+    from covid_assets.datasets.operations import SOURCE_UNCHANGED_TAG
+    from covid_assets_tests.helpers import confirmed, materialized, query
 
     with DagsterInstance.ephemeral() as instance:
-        first = materialize_cdc(warehouse_url, instance)
-        assert first.success
+        first = materialize_cdc(warehouse_url, instance, skip_if_unchanged=True)
+        assert first.success and materialized(first) == {RAW.path[-1], BASE.path[-1]}
+        loaded = {e.asset_key: e.materialization.metadata for e in first.get_asset_materialization_events()}
         before = query(warehouse_url, "SELECT xmin::text, count(*) FROM cdc.cases_deaths_by_state GROUP BY 1")
         raw_before = query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state")
-        second = materialize_cdc(warehouse_url, instance)
-        assert second.success
-        assert second.get_asset_materialization_events() == []
+        for _ in range(2):  # the second confirmation compares with the evidence the first carried forward
+            again = materialize_cdc(warehouse_url, instance, skip_if_unchanged=True)  # as the schedule and the sensor run it
+            assert again.success and materialized(again) == set() and confirmed(again) == {RAW.path[-1], BASE.path[-1]}
+            confirmations = {e.asset_key: e.materialization.metadata for e in again.get_asset_materialization_events()}
+            assert all(metadata["rows_written"].value == 0 for metadata in confirmations.values())
+            for evidence in ("content_hash", "source_row_count", "base_rows"):
+                assert confirmations[RAW][evidence].value == loaded[RAW][evidence].value
+            assert instance.get_run_by_id(again.run_id).tags.get(SOURCE_UNCHANGED_TAG) == "true"
         assert query(warehouse_url, "SELECT xmin::text, count(*) FROM cdc.cases_deaths_by_state GROUP BY 1") == before
         assert query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state") == raw_before
         tables = query(warehouse_url, "SELECT tablename::text FROM pg_tables WHERE schemaname IN ('cdc', 'cdc_raw') ORDER BY 1")
         assert tables == [("cases_deaths_by_state",), ("cases_deaths_by_state_history",), ("loads",), ("raw_cases_deaths_by_state",)]
         assert query(warehouse_url, "SELECT load_id FROM cdc.loads") == [(1,)]  # no staging table left behind, no second load
+        forced = materialize_cdc(warehouse_url, instance)  # a manual materialization is a forced refresh
+        assert forced.success and materialized(forced) == {RAW.path[-1], BASE.path[-1]}
+        assert query(warehouse_url, "SELECT max(fetched_at) FROM cdc_raw.raw_cases_deaths_by_state") != raw_before
+
+
+def test_the_schedule_and_the_sensor_skip_an_unchanged_source_and_every_table_has_a_freshness_policy() -> None:
+    from covid_assets.datasets.component import scheduled_run_config
+
+    defs = dataset_defs()
+    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    expected = {"ops": {"load_cdc_cases_deaths_by_state": {"config": {"skip_if_unchanged": True}}}}
+    assert scheduled_run_config(spec) == expected
+    from dagster import build_schedule_context
+
+    with build_schedule_context() as context:
+        requests = defs.resolve_schedule_def("cdc_cases_deaths_by_state_schedule").evaluate_tick(context).run_requests
+    assert [request.run_config for request in requests] == [expected]
+    assert DatasetLoadConfig().skip_if_unchanged is False
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    assert specs[RAW].freshness_policy is not None and specs[BASE].freshness_policy == specs[RAW].freshness_policy
+    graph = defs.resolve_asset_graph()
+    assert {key.name for key in graph.asset_check_keys if key.asset_key == SOURCE} == {"publisher_updated_recently"}
+
+
+@needs_loader
+def test_a_transient_source_failure_asks_for_one_retry_which_waits_and_a_refusal_does_not(warehouse_url: str) -> None:
+    import time
+
+    from dagster import DagsterInstance
+
+    from covid_assets.datasets.operations import RETRY_REASON_TAG, TRANSIENT_SOURCE_ERROR
+    from covid_assets_tests.helpers import environment, failure_message
+    from covid_assets_tests.support import FakeSocrata, Fault
+
+    rows = pd_rows()[:300]
+    retry_tags = {"dagster/max_retries", "dagster/retry_on_asset_or_op_failure", RETRY_REASON_TAG}
+    with DagsterInstance.ephemeral() as instance, FakeSocrata(rows, dataset_id="9mfq-cb36") as server:
+        source = {base_url_env("cdc_cases_deaths_by_state"): server.base_url}
+        server.faults.append(Fault.error(503, times=1000))
+        failed = materialize_cdc(warehouse_url, instance, source=source)
+        assert not failed.success and "HTTP 503" in failure_message(failed)
+        tags = instance.get_run_by_id(failed.run_id).tags
+        assert (tags.get("dagster/max_retries"), tags.get("dagster/retry_on_asset_or_op_failure"), tags.get(RETRY_REASON_TAG)) == (
+            "1", "true", TRANSIENT_SOURCE_ERROR
+        )  # fmt: skip
+        server.faults.clear()
+        asked: list[float] = []
+        server.on_request = lambda target, params: asked.append(time.monotonic())
+        started = time.monotonic()
+        with environment(COVID_RETRY_DELAY_S="1.5"):
+            retried = materialize_cdc(warehouse_url, instance, source=source, tags={"dagster/retry_number": "1", RETRY_REASON_TAG: TRANSIENT_SOURCE_ERROR})
+        assert retried.success, failure_message(retried)
+        assert asked[0] - started >= 1.5, asked[0] - started
+        server.set_rows(rows[:100])  # a shrinking source: refused, and never retried
+        refused = materialize_cdc(warehouse_url, instance, source=source)
+        assert not refused.success and "allow_shrink" in failure_message(refused)
+        assert not retry_tags & set(instance.get_run_by_id(refused.run_id).tags)
+
+
+def pd_rows() -> list[dict[str, str]]:
+    import pandas as pd
+
+    return pd.read_csv(CDC_EXPORT, dtype=str, keep_default_na=False).to_dict("records")
 
 
 def test_each_declared_check_counts_the_rows_that_break_it(warehouse_url: str) -> None:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from dagster import AssetKey, DagsterInstance, asset, build_sensor_context, materialize
 
-from covid_assets.assets.raw import RETRY_REASON_TAG, TRANSIENT_SOURCE_ERROR
+from covid_assets.datasets.operations import RETRY_REASON_TAG, TRANSIENT_SOURCE_ERROR
 from covid_assets.assets.source import observe_source
 from covid_assets.assets.tables import RAW_ASSET_KEY, TABLE_ASSET_KEYS
 from covid_assets.definitions import covid_definitions

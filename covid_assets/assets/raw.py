@@ -29,7 +29,6 @@ Two operational duties live here too, because only this step knows why a run sto
   a refusal (bad rows, a shrinking source, a failed check) is never retried.
 """
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -67,25 +66,14 @@ from covid_assets.datasets.extra_columns import (  # shared with the declared da
     json_objects as _json_objects,
     without_nul as _without_nul,
 )
-from covid_assets.freshness import confirmation_materializations
-from covid_assets.settings import env_float
+from covid_assets.datasets.operations import (  # the same duties as every declared dataset's load step
+    confirm_unchanged as _confirm_unchanged,
+    source_failure,
+    wait_if_retrying,
+)
 from covid_assets.sources.socrata import REQUIRED_COLUMNS, Extract, SocrataError, SocrataSource, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
-SOURCE_UNCHANGED_TAG = "covid/source_unchanged"
-# Run retries (dagster.yaml `run_retries`) retry nothing by default; a run that failed on a transient
-# source error carries these tags, which Dagster reads when it records the failure, so exactly that
-# run is retried once. The retry inherits them, and with them the reason it waits first.
-RETRY_REASON_TAG = "covid/retry_reason"
-TRANSIENT_SOURCE_ERROR = "transient_source_error"
-RETRY_TAGS = {
-    "dagster/max_retries": "1",
-    "dagster/retry_on_asset_or_op_failure": "true",
-    RETRY_REASON_TAG: TRANSIENT_SOURCE_ERROR,
-}
-RETRY_NUMBER_TAG = "dagster/retry_number"  # set by Dagster on the runs its retries launch
-RETRY_DELAY_ENV = "COVID_RETRY_DELAY_S"
-DEFAULT_RETRY_DELAY_S = 300.0
 
 
 class RawFetchConfig(Config):
@@ -167,35 +155,7 @@ def extract_or_explain(context: AssetExecutionContext, socrata: SocrataSource, k
     try:
         return socrata.extract(progress=_progress_logger(context), known_count=known_count)
     except SocrataError as error:
-        hint = (
-            " No complete answer came back from the API: check the network, or load a local export instead "
-            "(SOCRATA_SOURCE_FILE, e.g. `./dev offline` for the bundled snapshot)."
-            if error.status is None and error.transient
-            else ""
-        )
-        if error.transient:
-            ask_for_one_retry(context)
-        raise Failure(description=f"{error}{hint}", metadata={"transient": error.transient}) from error
-
-
-def ask_for_one_retry(context: AssetExecutionContext) -> None:
-    """Tag this run so that Dagster's run retries re-execute it once (and a retry, not again)."""
-    if context.run.tags.get(RETRY_NUMBER_TAG) is None:
-        context.instance.add_run_tags(context.run_id, RETRY_TAGS)
-        context.log.warning("The source failed with a transient error: Dagster will retry this run once.")
-
-
-def wait_if_retrying(context: AssetExecutionContext) -> None:
-    """A retry of a transient source failure waits before asking the source again (the delay run retries lack)."""
-    tags = context.run.tags
-    if tags.get(RETRY_NUMBER_TAG) is None or tags.get(RETRY_REASON_TAG) != TRANSIENT_SOURCE_ERROR:
-        return
-    delay_s = env_float(RETRY_DELAY_ENV, DEFAULT_RETRY_DELAY_S, maximum=3600)
-    context.log.info(
-        f"Automatic retry of run {context.run.parent_run_id}, which failed on a transient source error: "
-        f"waiting {delay_s:g} s ({RETRY_DELAY_ENV}) before asking the source again."
-    )
-    time.sleep(delay_s)
+        raise source_failure(context, error) from error
 
 
 def gate(extract: Extract, stored: StoredTable | None, config: RawFetchConfig) -> int:
@@ -255,14 +215,7 @@ def read_last_load(context: AssetExecutionContext) -> LastLoad | None:
 
 def confirm_unchanged(context: AssetExecutionContext, load: LastLoad, evidence: str) -> None:
     """Write nothing, skip downstream, and record for every table that it still matches the source."""
-    message = (
-        f"Source unchanged since the last load ({evidence}): no table rewritten, downstream assets skipped; "
-        "every table is confirmed current."
-    )
-    context.log.info(message)
-    for event in confirmation_materializations(context.instance, context.run_id, message, load.evidence()):
-        context.log_event(event)
-    context.instance.add_run_tags(context.run_id, {SOURCE_UNCHANGED_TAG: "true"})
+    _confirm_unchanged(context, evidence, load.evidence(), tables=TABLE_ASSET_KEYS, raw_key=RAW_ASSET_KEY, source_key=SOURCE_ASSET_KEY)
 
 
 def fetch_metadata(extract: Extract) -> dict[str, object]:

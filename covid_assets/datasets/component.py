@@ -58,6 +58,7 @@ from dagster import (
     define_asset_job,
     multi_asset,
     multi_asset_check,
+    map_asset_specs,
     multi_observable_source_asset,
     sensor,
 )
@@ -67,6 +68,8 @@ from pydantic import Field
 from covid_assets.datasets.dataset_spec import DatasetSpec
 from covid_assets.datasets.declaration import DatasetDeclaration
 from covid_assets.datasets.history import checks_now, history_checks
+from covid_assets.datasets.operations import confirm_unchanged, job_tables, source_failure, wait_if_retrying
+from covid_assets.freshness import SOURCE_STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy
 from covid_assets.settings import env_flag
 from covid_assets.sources.socrata import SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
@@ -83,7 +86,6 @@ TOKEN_ENV = "SOCRATA_APP_TOKEN"
 SCHEDULES_ENABLED_ENV = "COVID_SCHEDULE_ENABLED"
 SENSORS_ENABLED_ENV = "COVID_SOURCE_SENSOR_ENABLED"
 OBSERVE_DEADLINE_S = 8.0  # per request of an observation, so a sensor tick ends within a minute
-SOURCE_UNCHANGED_TAG = "covid/source_unchanged"
 
 
 def base_url_env(name: str) -> str:
@@ -166,7 +168,7 @@ def dataset_definitions(spec: DatasetSpec, *, schedule: str | None = None, senso
     schedules = [dataset_schedule(spec, job, schedule)] if schedule else []
     sensors = [dataset_sensor(spec, job, sensor_minutes)] if sensor_minutes else []
     return Definitions(
-        assets=[source_observation(spec), load_step(spec)],
+        assets=[source_observation(spec), *map_asset_specs(lambda s: s.replace_attributes(freshness_policy=table_freshness_policy()), [load_step(spec)])],
         asset_checks=[base_checks(spec)],
         jobs=[job],
         schedules=schedules,
@@ -190,26 +192,40 @@ def source_observation(spec: DatasetSpec):
                 kinds={"socrata"},
             )
         ],
+        check_specs=[
+            AssetCheckSpec(
+                SOURCE_STALENESS_CHECK.name,
+                asset=keys.source,
+                description="The publisher updated the dataset within COVID_SOURCE_STALE_DAYS (14) days. A warning: "
+                "when it fails the pipeline is fine and the source has stopped.",
+            )
+        ],
         name=f"observe_{spec.name}_source",
     )
     def observe(socrata: SocrataSource):
-        version, metadata = observe_source(spec, socrata)
-        yield ObserveResult(asset_key=keys.source, data_version=DataVersion(version), metadata=metadata)
+        version, metadata, rows_updated_at = observe_source(spec, socrata)
+        staleness = source_staleness(rows_updated_at, dt.datetime.now(dt.UTC), source_stale_days(), keys.source)
+        check = AssetCheckResult(
+            asset_key=keys.source, check_name=staleness.check_name, passed=staleness.passed,
+            severity=staleness.severity, metadata=staleness.metadata,
+        )
+        yield ObserveResult(asset_key=keys.source, data_version=DataVersion(version), metadata=metadata, check_results=[check])
 
     return observe
 
 
-def observe_source(spec: DatasetSpec, socrata: SocrataSource) -> tuple[str, dict[str, Any]]:
-    """The source's data version now, and what to show with it."""
+def observe_source(spec: DatasetSpec, socrata: SocrataSource) -> tuple[str, dict[str, Any], int | None]:
+    """The source's data version now, what to show with it, and the publisher's rowsUpdatedAt (for staleness)."""
     target = dataset_target(spec)
     if target.source_file:
         stat = os.stat(target.source_file)
-        return f"file-{stat.st_size}-{stat.st_mtime_ns}", {"source": MetadataValue.path(target.source_file), "file_bytes": stat.st_size}
+        metadata = {"source": MetadataValue.path(target.source_file), "file_bytes": stat.st_size}
+        return f"file-{stat.st_size}-{stat.st_mtime_ns}", metadata, None
     signature = read_signature(spec, socrata, target, OBSERVE_DEADLINE_S)
     metadata: dict[str, Any] = {"source": MetadataValue.url(target.base_url), "row_count": signature.row_count}
     if signature.rows_updated_at is not None:
         metadata["rows_updated_at"] = MetadataValue.timestamp(dt.datetime.fromtimestamp(signature.rows_updated_at, dt.UTC))
-    return f"{signature.rows_updated_at or 'unknown'}-{signature.row_count}", metadata
+    return f"{signature.rows_updated_at or 'unknown'}-{signature.row_count}", metadata, signature.rows_updated_at
 
 
 def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
@@ -247,8 +263,19 @@ class DatasetLoadConfig(Config):
         default=None, ge=0, le=1, description="Largest share of base rows a load may lose without allow_shrink (default: the declaration's)."
     )
     skip_if_unchanged: bool = Field(
-        default=True, description="Write nothing when the source is unchanged since the last load (false: reload anyway)."
+        default=False,
+        description="Write nothing (and skip downstream) when the source is unchanged since the last load. "
+        "The schedule and the sensor turn this on; a manual materialization is a forced refresh.",
     )
+
+
+def scheduled_run_config(spec: DatasetSpec) -> dict[str, Any]:
+    """What the schedule and the sensor launch: a run that writes nothing when the source is unchanged."""
+    return {"ops": {load_step_name(spec): {"config": {"skip_if_unchanged": True}}}}
+
+
+def load_step_name(spec: DatasetSpec) -> str:
+    return f"load_{spec.name}"
 
 
 @dataclass(frozen=True)
@@ -259,11 +286,20 @@ class LastLoad:
     content_hash: str | None
     base_rows: int | None
 
+    def evidence(self) -> dict[str, object]:
+        """The raw table's materialization metadata that `read_last_load` reads back."""
+        return {
+            "content_hash": self.content_hash,
+            "rows_updated_at": self.signature.rows_updated_at or None,
+            "source_row_count": self.signature.row_count,
+            "base_rows": self.base_rows,
+        }
+
 
 def load_step(spec: DatasetSpec):
     keys = DatasetKeys.of(spec)
 
-    @multi_asset(specs=table_specs(spec), name=f"load_{spec.name}", can_subset=False)
+    @multi_asset(specs=table_specs(spec), name=load_step_name(spec), can_subset=False)
     def load(
         context: AssetExecutionContext, config: DatasetLoadConfig, socrata: SocrataSource, warehouse: WarehouseResource
     ) -> Iterator[MaterializeResult]:
@@ -283,12 +319,13 @@ def load_dataset(
     """Land, gate, publish and merge inside the run's transaction; nothing when the source is unchanged."""
     from covid_assets.datasets.load import InvalidRowsError, ShrinkingSourceError, discard, gate, land, merge_base, publish_raw
 
+    wait_if_retrying(context)
     target = dataset_target(spec)
     last = read_last_load(context, keys.raw) if config.skip_if_unchanged else None
     still_stored = last is not None and holds_last_load(warehouse, spec, last)
     signature = None if target.source_file else _signature_or_none(context, spec, socrata, target)
     if still_stored and signature and signature.rows_updated_at is not None and signature == last.signature:
-        unchanged(context, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}")
+        unchanged(context, keys, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}", last.evidence())
         return
     source = target.source_file or f"{target.base_url} {spec.dataset_id}"
     fetched_at = dt.datetime.now(dt.UTC)
@@ -296,10 +333,11 @@ def load_dataset(
         try:
             landing = land(connection, spec, source_pages(spec, socrata, target, signature), fetched_at, source=source)
         except SocrataError as error:
-            raise Failure(description=str(error), metadata={"transient": error.transient}) from error
+            raise source_failure(context, error) from error
         if still_stored and landing.content_hash == last.content_hash:
             discard(connection, landing)
-            unchanged(context, f"content hash {landing.content_hash}")
+            today = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, last.base_rows)
+            unchanged(context, keys, f"content hash {landing.content_hash}", today.evidence())  # today's rowsUpdatedAt from now on
             return
         try:
             accepted = gate(
@@ -313,12 +351,7 @@ def load_dataset(
             raise Failure(description=f"{source}: {error}") from error
         publish_raw(connection, spec, landing)
         counts = merge_base(connection, spec, accepted, load_origin(context, signature, target))
-    evidence = {
-        "content_hash": landing.content_hash,
-        "rows_updated_at": signature.rows_updated_at if signature else None,
-        "source_row_count": landing.rows,
-        "base_rows": accepted.rows,
-    }
+    evidence = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, accepted.rows).evidence()
     source_value = MetadataValue.path(source) if target.source_file else MetadataValue.url(target.base_url)
     yield MaterializeResult(
         asset_key=keys.raw,
@@ -368,9 +401,10 @@ def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrat
         return None
 
 
-def unchanged(context: AssetExecutionContext, evidence: str) -> None:
-    context.log.info(f"Source unchanged since the last load ({evidence}): no table written.")
-    context.instance.add_run_tags(context.run_id, {SOURCE_UNCHANGED_TAG: "true"})
+def unchanged(context: AssetExecutionContext, keys: DatasetKeys, evidence_text: str, evidence: dict[str, object]) -> None:
+    """Nothing written: every table of the run's job is confirmed current, the evidence carried forward."""
+    tables = job_tables(context, [keys.raw, keys.base])
+    confirm_unchanged(context, evidence_text, evidence, tables=tables, raw_key=keys.raw, source_key=keys.source)
 
 
 def read_last_load(context: AssetExecutionContext, raw_key: AssetKey) -> LastLoad | None:
@@ -551,6 +585,7 @@ def dataset_schedule(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", cro
         job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
+        run_config=scheduled_run_config(spec),
         default_status=DefaultScheduleStatus.RUNNING if env_flag(SCHEDULES_ENABLED_ENV) else DefaultScheduleStatus.STOPPED,
         description=f"Refreshes {spec.base.qualified_name} ({cron}, UTC); writes nothing when the source is unchanged.",
     )
@@ -568,13 +603,15 @@ def dataset_sensor(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", minut
     )
     def watch(context: SensorEvaluationContext, socrata: SocrataSource) -> SensorResult:
         try:
-            version, metadata = observe_source(spec, socrata)
+            version, metadata, rows_updated_at = observe_source(spec, socrata)
         except (SocrataError, OSError) as error:
             raise RuntimeError(f"could not observe {spec.dataset_id} ({error}); the next tick tries again") from None
         tags = {"dagster/data_version": version, "dagster/data_version_is_user_provided": "true"}
-        events = [AssetObservation(asset_key=keys.source, metadata=metadata, tags=tags)]
+        staleness = source_staleness(rows_updated_at, dt.datetime.now(dt.UTC), source_stale_days(), keys.source)
+        events = [AssetObservation(asset_key=keys.source, metadata=metadata, tags=tags), staleness]
         if context.cursor == version:
             return SensorResult(asset_events=events, skip_reason=f"source version {version} already seen")
-        return SensorResult(run_requests=[RunRequest(run_key=f"{spec.name}-{version}")], asset_events=events, cursor=version)
+        request = RunRequest(run_key=f"{spec.name}-{version}", run_config=scheduled_run_config(spec))
+        return SensorResult(run_requests=[request], asset_events=events, cursor=version)
 
     return watch
