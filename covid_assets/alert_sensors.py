@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from dagster import (
     AssetCheckKey,
+    AssetKey,
     AssetCheckSeverity,
     DagsterEventType,
     DagsterInstance,
@@ -49,8 +50,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from covid_assets.alerts import Alert, Channel, channels_from_env, deliver, first_line, run_url
 from covid_assets.datasets.operations import RETRY_NUMBER_TAG
-from covid_assets.assets.tables import TABLE_ASSET_KEYS
-from covid_assets.freshness import SOURCE_STALENESS_CHECK
+from covid_assets.freshness import staleness_check_key
 from covid_assets.settings import env_float
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG
 
@@ -272,7 +272,7 @@ class FollowupState:
 
     stale_seen: list[str] = field(default_factory=list)  # stale at the last tick
     stale_alerted: list[str] = field(default_factory=list)  # stale and alerted, until fresh again
-    source_stale_since: float | None = None  # the publisher's rowsUpdatedAt already alerted on
+    sources_stale_since: dict[str, float] = field(default_factory=dict)  # source -> the rowsUpdatedAt already alerted on
     pending: list[dict] = field(default_factory=list)  # {"alert": ..., "channels": [...], "at": timestamp}
 
     @classmethod
@@ -285,9 +285,9 @@ class FollowupState:
         return json.dumps(self.__dict__, sort_keys=True)
 
 
-def stale_tables(instance: DagsterInstance) -> list[str]:
+def stale_tables(instance: DagsterInstance, tables: Sequence[AssetKey]) -> list[str]:
     """Tables Dagster's freshness evaluator has marked as failing their policy (state FAIL)."""
-    records = instance.get_freshness_state_records(TABLE_ASSET_KEYS)
+    records = instance.get_freshness_state_records(list(tables))
     return sorted(key.to_user_string() for key, record in records.items() if record.freshness_state.value == "FAIL")
 
 
@@ -302,8 +302,8 @@ def newly_stale(state: FollowupState, stale: list[str]) -> list[str]:
     return newly
 
 
-def tables_stale_alert(instance: DagsterInstance, newly: Iterable[str]) -> Alert:
-    latest = instance.get_latest_materialization_events(TABLE_ASSET_KEYS)
+def tables_stale_alert(instance: DagsterInstance, newly: Iterable[str], tables: Sequence[AssetKey]) -> Alert:
+    latest = instance.get_latest_materialization_events(list(tables))
     confirmed = {key.to_user_string(): entry.timestamp for key, entry in latest.items() if entry is not None}
     lines = tuple(
         f"- {name}: last confirmed {dt.datetime.fromtimestamp(confirmed[name], dt.UTC):%Y-%m-%d %H:%M} UTC" if name in confirmed
@@ -313,26 +313,35 @@ def tables_stale_alert(instance: DagsterInstance, newly: Iterable[str]) -> Alert
     return Alert(
         event="tables_stale",
         summary=f"{len(lines)} table(s) not confirmed within their freshness window (COVID_FRESHNESS_HOURS)",
-        details=(*lines, "Check the refresh_warehouse runs and the daily_refresh schedule."),
+        details=(*lines, "Check the refresh runs of their jobs (refresh_warehouse, refresh_<dataset>) and their schedules."),
     )
 
 
-def source_stale_alert(instance: DagsterInstance, state: FollowupState) -> Alert | None:
-    """Once per publisher date: the latest staleness evaluation, when it is a failed warning."""
-    record = instance.get_latest_asset_check_evaluation_record(SOURCE_STALENESS_CHECK)
+def source_stale_alerts(instance: DagsterInstance, state: FollowupState, sources: Sequence[AssetKey]) -> list[Alert]:
+    """Once per source and publisher date: the latest staleness evaluation, when it is a failed warning."""
+    alerts = []
+    for source in sources:
+        if alert := _source_stale_alert(instance, state, source):
+            alerts.append(alert)
+    return alerts
+
+
+def _source_stale_alert(instance: DagsterInstance, state: FollowupState, source: AssetKey) -> Alert | None:
+    record = instance.get_latest_asset_check_evaluation_record(staleness_check_key(source))
     evaluation = record.event.dagster_event.event_specific_data if record and record.event and record.event.dagster_event else None
+    name = source.to_user_string()
     if evaluation is None or evaluation.passed:
-        state.source_stale_since = None
+        state.sources_stale_since.pop(name, None)
         return None
     updated = evaluation.metadata.get("rows_updated_at")
     since = float(updated.value) if updated is not None else 0.0
-    if state.source_stale_since == since:
+    if state.sources_stale_since.get(name) == since:
         return None
-    state.source_stale_since = since
+    state.sources_stale_since[name] = since
     verdict = evaluation.metadata.get("verdict")
     return Alert(
         event="source_stale",
-        summary="The source is stale: " + (str(verdict.value) if verdict is not None else "the publisher stopped updating"),
+        summary=f"The source {name} is stale: " + (str(verdict.value) if verdict is not None else "the publisher stopped updating"),
         details=("A warning, not a failure: the pipeline runs; the tables hold the last data published.",),
     )
 
@@ -355,13 +364,14 @@ def deliver_pending(state: FollowupState, new: Sequence[Alert], channels: Sequen
 
 
 # ------------------------------------------------------------------------------- the sensors
-def alert_sensors(job) -> list[SensorDefinition]:
-    """The three alert sensors for `job` (on by default; with no channel set they only log)."""
+def alert_sensors(jobs: Sequence, tables: Sequence[AssetKey], sources: Sequence[AssetKey]) -> list[SensorDefinition]:
+    """The three alert sensors for every refresh job, table and observed source (on by default; with no
+    channel set they only log)."""
     poll_s = max(int(env_float(POLL_ENV, DEFAULT_POLL_S, minimum=1, maximum=3600)), 1)
 
     @run_failure_sensor(
         name="alert_on_refresh_failure",
-        monitored_jobs=[job],
+        monitored_jobs=list(jobs),
         minimum_interval_seconds=poll_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="One alert (webhook, email) per failed refresh run, with its failed step and first error line.",
@@ -377,7 +387,7 @@ def alert_sensors(job) -> list[SensorDefinition]:
     @run_status_sensor(
         run_status=DagsterRunStatus.SUCCESS,
         name="alert_on_refresh_success",
-        monitored_jobs=[job],
+        monitored_jobs=list(jobs),
         minimum_interval_seconds=poll_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="'Recovered' after a failure, a rolled-back commit, and warning checks that newly fail.",
@@ -396,10 +406,9 @@ def alert_sensors(job) -> list[SensorDefinition]:
         state = FollowupState.from_cursor(context.cursor)
         channels = configured_channels(context.log)
         redelivered = redeliver_run_alerts(context.instance, channels, context.log)
-        stale = stale_tables(context.instance)
-        new = [tables_stale_alert(context.instance, newly)] if (newly := newly_stale(state, stale)) else []
-        if source := source_stale_alert(context.instance, state):
-            new.append(source)
+        stale = stale_tables(context.instance, tables)
+        new = [tables_stale_alert(context.instance, newly, tables)] if (newly := newly_stale(state, stale)) else []
+        new += source_stale_alerts(context.instance, state, sources)
         deliver_pending(state, new, channels, context.log)
         context.update_cursor(state.to_cursor())
         return SkipReason(

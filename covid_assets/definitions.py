@@ -22,13 +22,14 @@ schedule, and shares the resources below. `dg list defs` shows them all.
 
 from pathlib import Path
 
-from dagster import Definitions, in_process_executor, load_from_defs_folder
+from dagster import AssetKey, Definitions, in_process_executor, load_from_defs_folder
 
 from covid_assets.alert_sensors import alert_sensors
 from covid_assets.assets.base import covid_test_results
 from covid_assets.assets.raw import raw_covid_test_results
 from covid_assets.assets.source import socrata_source
 from covid_assets.assets.summaries import SUMMARY_ASSETS
+from covid_assets.assets.tables import SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
 from covid_assets.checks import base_table_checks, summary_table_checks
 from covid_assets.freshness import table_freshness_policy, with_freshness_policy
 from covid_assets.resources import build_resources
@@ -36,21 +37,38 @@ from covid_assets.schedules import daily_refresh_schedule, refresh_warehouse_job
 from covid_assets.sensors import source_sensor
 
 refresh_job = refresh_warehouse_job()
-tables = with_freshness_policy([raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS], table_freshness_policy())
+covid_tables = with_freshness_policy([raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS], table_freshness_policy())
 
 
-def covid_definitions() -> Definitions:
-    """The COVID pipeline: the observed source, seven tables, their checks, job, schedule and sensors."""
+def covid_definitions(declared: Definitions | None = None) -> Definitions:
+    """The COVID pipeline: the observed source, seven tables, their checks, job, schedule and sensors;
+    its alert sensors also watch the jobs, tables and sources of the `declared` datasets."""
+    declared = declared or Definitions()
+    jobs = [refresh_job, *(declared.jobs or [])]
+    tables = [*TABLE_ASSET_KEYS, *_keys(declared, materializable=True)]
+    sources = [SOURCE_ASSET_KEY, *_keys(declared, materializable=False)]
     return Definitions(
-        assets=[socrata_source, *tables],
+        assets=[socrata_source, *covid_tables],
         asset_checks=[base_table_checks, summary_table_checks],
         jobs=[refresh_job],
         schedules=[daily_refresh_schedule(refresh_job)],
-        sensors=[source_sensor(refresh_job), *alert_sensors(refresh_job)],
+        sensors=[source_sensor(refresh_job), *alert_sensors(jobs, tables, sources)],
         resources=build_resources(),
         executor=in_process_executor,
     )
 
 
+def _keys(defs: Definitions, *, materializable: bool) -> list[AssetKey]:
+    """The tables (materializable) or the observed sources of `defs`."""
+    found = []
+    for assets_def in defs.assets or []:
+        if materializable:
+            found += [key for key in assets_def.keys if assets_def.is_materializable]
+        elif assets_def.is_observable:
+            found += list(assets_def.keys)
+    return found
+
+
 # ... merged with the declared datasets (covid_assets/defs/*/defs.yaml), which use the same resources.
-defs = Definitions.merge(covid_definitions(), load_from_defs_folder(path_within_project=Path(__file__).parent))
+declared_datasets = load_from_defs_folder(path_within_project=Path(__file__).parent)
+defs = Definitions.merge(covid_definitions(declared_datasets), declared_datasets)

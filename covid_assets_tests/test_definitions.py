@@ -135,3 +135,28 @@ def test_schedule_is_configurable(load_definitions) -> None:
     schedule = defs.resolve_schedule_def("daily_refresh")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 2 * * 1-5", "America/New_York")
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
+
+
+def test_the_alert_sensors_watch_every_refresh_job_and_every_observed_source() -> None:
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity, DagsterInstance, MetadataValue
+
+    from covid_assets.alert_sensors import FollowupState, source_stale_alerts
+
+    defs = covid_assets.definitions.defs
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    for name in ("alert_on_refresh_failure", "alert_on_refresh_success"):
+        assert {job.name for job in sensors[name]._monitored_jobs} == {job.name for job in defs.jobs}
+    assert {job.name for job in defs.jobs} >= {"refresh_warehouse", "refresh_cdc_cases_deaths_by_state"}
+
+    cdc = AssetKey(["socrata", "cdc_cases_deaths_by_state"])
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(
+                asset_key=cdc, check_name="publisher_updated_recently", passed=False, severity=AssetCheckSeverity.WARN,
+                metadata={"rows_updated_at": MetadataValue.timestamp(1_640_000_000.0), "verdict": MetadataValue.text("old")},
+            )
+        )
+        state = FollowupState()
+        alerts = source_stale_alerts(instance, state, [SOURCE, cdc])
+        assert [(alert.event, alert.summary) for alert in alerts] == [("source_stale", "The source socrata/cdc_cases_deaths_by_state is stale: old")]
+        assert source_stale_alerts(instance, state, [SOURCE, cdc]) == []  # once per publisher date
