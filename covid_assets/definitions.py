@@ -69,6 +69,10 @@ def _keys(defs: Definitions, *, materializable: bool) -> list[AssetKey]:
     return found
 
 
-# ... merged with the declared datasets (covid_assets/defs/*/defs.yaml), which use the same resources.
-declared_datasets = load_from_defs_folder(path_within_project=Path(__file__).parent)
-defs = Definitions.merge(covid_definitions(declared_datasets), declared_datasets)
+def code_location() -> Definitions:
+    """The COVID pipeline merged with the declared datasets (covid_assets/defs/*/defs.yaml), which use the same resources."""
+    declared = load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return Definitions.merge(covid_definitions(declared), declared)
+
+
+defs = code_location()

@@ -410,6 +410,46 @@ def test_a_transient_source_failure_asks_for_one_retry_which_waits_and_a_refusal
         assert not retry_tags & set(instance.get_run_by_id(refused.run_id).tags)
 
 
+def cdc_figures(connection, spec) -> dict:
+    """A declared figures function (see test_a_load_reports_what_it_fetched_changed_and_counted)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(DISTINCT state) FROM {spec.base.qualified_name}")
+        return {"jurisdictions": int(cursor.fetchone()[0])}
+
+
+@needs_loader
+def test_a_load_reports_what_it_fetched_changed_and_counted(warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetch costs and extras on the raw table, columns added to an old table, the declared figures of the base table."""
+    import pandas as pd
+    import psycopg
+    from dagster import materialize
+
+    from covid_assets.datasets.component import dataset_definitions
+    from covid_assets.sources.socrata import SocrataSource
+    from covid_assets.storage.postgres_io import warehouse_resources
+    from covid_assets_tests.helpers import deployment
+
+    attributes = {**cdc_attributes(), "figures": "covid_assets_tests.test_datasets_component:cdc_figures"}
+    attributes["raw"] = {**attributes["raw"], "group": "landing"}
+    spec = DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML)
+    with psycopg.connect(warehouse_url) as conn:  # a raw table from before extra_columns, with a column no longer written
+        conn.execute("CREATE SCHEMA cdc_raw")
+        conn.execute("CREATE TABLE cdc_raw.raw_cases_deaths_by_state (submission_date TEXT, state TEXT, old_column TEXT)")
+    defs = dataset_definitions(spec)
+    assert {asset_spec.key: asset_spec.group_name for assets_def in defs.assets for asset_spec in assets_def.specs} == {
+        SOURCE: "cdc_cases_deaths", RAW: "landing", BASE: "cdc_cases_deaths"
+    }
+    with deployment(warehouse_url, SOCRATA_OFFLINE="1"):
+        result = materialize(list(defs.assets), resources={**warehouse_resources(), "socrata": SocrataSource()})
+    assert result.success
+    metadata = {e.asset_key: {k: v.value for k, v in e.materialization.metadata.items()} for e in result.get_asset_materialization_events()}
+    raw, base = metadata[RAW], metadata[BASE]
+    assert raw["fetch_bytes"] == CDC_EXPORT.stat().st_size and raw["fetch_pages"] >= 1 and (raw["fetch_requests"], raw["fetch_retries"]) == (0, 0)
+    assert raw["extra_columns"] == "none"
+    assert raw["columns_added"][:2] == ["tot_cases", "conf_cases"] and raw["columns_no_longer_written"] == ["old_column"]
+    assert base["jurisdictions"] == pd.read_csv(CDC_EXPORT, dtype=str).state.nunique()
+
+
 def pd_rows() -> list[dict[str, str]]:
     import pandas as pd
 

@@ -23,7 +23,9 @@ knobs are the `socrata` resource's (`SocrataSource`), the transaction the `wareh
 """
 
 import datetime as dt
+import importlib
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,10 +73,11 @@ from covid_assets.datasets.history import checks_now, history_checks
 from covid_assets.datasets.operations import confirm_unchanged, job_tables, source_failure, wait_if_retrying
 from covid_assets.freshness import SOURCE_STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy
 from covid_assets.settings import env_flag
-from covid_assets.sources.socrata import SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
+from covid_assets.sources.socrata import FetchStats, SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
     from covid_assets.datasets.history import LoadOrigin
@@ -231,13 +234,14 @@ def observe_source(spec: DatasetSpec, socrata: SocrataSource) -> tuple[str, dict
 def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
     """The raw and the base table as the UI shows them: description, column schema, lineage, owners."""
     keys = DatasetKeys.of(spec)
-    common: dict[str, Any] = {"group_name": spec.group, "owners": list(spec.owners), "skippable": True}
+    common: dict[str, Any] = {"owners": list(spec.owners), "skippable": True}
     raw = AssetSpec(
         keys.raw,
         deps=[keys.source],
         description=spec.raw.description,
         kinds={"socrata", "postgres"},
-        metadata={"dagster/column_schema": spec.raw.column_schema, "dagster/table_name": spec.raw.qualified_name},
+        group_name=spec.raw_group or spec.group,
+        metadata={**table_metadata(spec.raw)},
         **common,
     )
     base = AssetSpec(
@@ -245,14 +249,22 @@ def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
         deps=[keys.raw],
         description=(spec.description or spec.title or spec.dataset_id) + f"\n\nTyped, unique on ({', '.join(spec.base.key)}).",
         kinds={"postgres"},
-        metadata={
-            "dagster/column_schema": spec.base.column_schema,
-            "dagster/column_lineage": spec.base.column_lineage(keys.raw),
-            "dagster/table_name": spec.base.qualified_name,
-        },
+        group_name=spec.base_group or spec.group,
+        metadata={**table_metadata(spec.base), "dagster/column_lineage": spec.base.column_lineage(keys.raw)},
         **common,
     )
     return [raw, base]
+
+
+def table_metadata(table) -> dict[str, Any]:
+    """What the UI shows of a table: its name, key, column schema and descriptions (as the IO manager's tables)."""
+    key = {"primary_key": list(table.key)} if table.key else {}
+    return {
+        **key,
+        "column_descriptions": table.column_descriptions,
+        "dagster/column_schema": table.column_schema,
+        "dagster/table_name": table.qualified_name,
+    }
 
 
 class DatasetLoadConfig(Config):
@@ -329,11 +341,14 @@ def load_dataset(
         return
     source = target.source_file or f"{target.base_url} {spec.dataset_id}"
     fetched_at = dt.datetime.now(dt.UTC)
+    fetch = Fetch(spec, socrata, target, signature, _progress_logger(context))
     with warehouse.transaction() as connection:
         try:
-            landing = land(connection, spec, source_pages(spec, socrata, target, signature), fetched_at, source=source)
+            landing = land(connection, spec, fetch.pages(), fetched_at, source=source)
         except SocrataError as error:
             raise source_failure(context, error) from error
+        for warning in landing.warnings():
+            context.log.warning(warning)
         if still_stored and landing.content_hash == last.content_hash:
             discard(connection, landing)
             today = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, last.base_rows)
@@ -349,14 +364,22 @@ def load_dataset(
             )
         except (InvalidRowsError, ShrinkingSourceError) as error:
             raise Failure(description=f"{source}: {error}") from error
-        publish_raw(connection, spec, landing)
+        schema_change = publish_raw(connection, spec, landing)
         counts = merge_base(connection, spec, accepted, load_origin(context, signature, target))
+        figures = base_figures(spec, connection)
     evidence = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, accepted.rows).evidence()
     source_value = MetadataValue.path(source) if target.source_file else MetadataValue.url(target.base_url)
     yield MaterializeResult(
         asset_key=keys.raw,
         data_version=DataVersion(landing.content_hash),
-        metadata={"source": source_value, "dagster/row_count": landing.rows, **evidence},
+        metadata={
+            "source": source_value,
+            "dagster/row_count": landing.rows,
+            **fetch.metadata(),
+            **landing.metadata(),
+            **schema_change.metadata(),
+            **evidence,
+        },
     )
     yield MaterializeResult(
         asset_key=keys.base,
@@ -368,6 +391,7 @@ def load_dataset(
             "rows_revised": counts.revised,
             "rows_withdrawn": counts.withdrawn,
             "duplicates_dropped": accepted.duplicates_dropped,
+            **figures,
         },
     )
 
@@ -384,13 +408,58 @@ def load_origin(context: AssetExecutionContext, signature: SourceSignature | Non
     )
 
 
-def source_pages(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, signature: SourceSignature | None):
-    """The delivery as bounded Arrow pages: the export file, or the API in `:id` order."""
-    from covid_assets.datasets.pages import api_pages, export_pages
+class Fetch:
+    """The delivery as bounded Arrow pages (the export file, or the API in `:id` order), and what
+    fetching them cost, known once the last page is in."""
 
-    if target.source_file:
-        return export_pages(target.source_file)
-    return api_pages(dataset_client(spec, socrata, target), known_count=signature.row_count if signature else None)
+    def __init__(self, spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, signature: SourceSignature | None, progress) -> None:
+        self.spec, self.socrata, self.target, self.signature, self.progress = spec, socrata, target, signature, progress
+        self.stats: FetchStats | None = None
+
+    def pages(self) -> Iterator["pa.Table"]:
+        from covid_assets.datasets.pages import export_pages
+
+        started = time.monotonic()
+        if self.target.source_file:
+            rows = pages = 0
+            for page in export_pages(self.target.source_file):
+                rows, pages = rows + page.num_rows, pages + 1
+                yield page
+            size = os.stat(self.target.source_file).st_size
+            self.stats = FetchStats(rows, pages, 0, 0, size, round(time.monotonic() - started, 3))
+            return
+        known_count = self.signature.row_count if self.signature else None
+        with dataset_client(self.spec, self.socrata, self.target).plan(self.progress) as plan:
+            yield from plan.pages(known_count)
+            self.stats = plan.stats(elapsed_s=time.monotonic() - started)
+
+    def metadata(self) -> dict[str, Any]:
+        stats = self.stats
+        if stats is None:
+            return {}
+        return {
+            "fetch_pages": stats.pages,
+            "fetch_requests": stats.requests,
+            "fetch_retries": stats.retries,
+            "fetch_bytes": stats.bytes,
+            "fetch_seconds": round(stats.elapsed_s, 3),
+        }
+
+
+def _progress_logger(context: AssetExecutionContext):
+    def log_progress(rows_so_far: int, total: int | None) -> None:
+        of_total = f" of {total:,}" if total else ""
+        context.log.info(f"fetched {rows_so_far:,}{of_total} rows")
+
+    return log_progress
+
+
+def base_figures(spec: DatasetSpec, connection: Any) -> dict[str, Any]:
+    """The declared figures of the base table (`figures: module:function`), computed in the run's transaction."""
+    if not spec.figures:
+        return {}
+    module, _, function = spec.figures.partition(":")
+    return dict(getattr(importlib.import_module(module), function)(connection, spec))
 
 
 def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget) -> SourceSignature | None:

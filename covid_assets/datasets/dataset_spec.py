@@ -65,7 +65,10 @@ class DatasetSpec:
     title: str = ""
     description: str = ""
     group: str = "datasets"
+    raw_group: str | None = None  # the raw table's asset group (default: group)
+    base_group: str | None = None
     owners: tuple[str, ...] = ()
+    figures: str | None = None  # module:function -> the base table's figures after a load (see declaration.py)
 
     @property
     def source_key(self) -> AssetKey:

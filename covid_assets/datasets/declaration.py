@@ -68,8 +68,14 @@ class TableName(Model):
 
     schema_: str = Field(alias="schema")
     table: str
+    group: str | None = Field(default=None, description="The asset group of this table (default: the dataset's group)")
 
     _names = field_validator("schema_", "table")(_identifier)
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        return None if value is None else _identifier(value)
 
 
 class FillDeclaration(Model):
@@ -203,6 +209,11 @@ class DatasetDeclaration(Model):
     schedule: str | None = Field(default=None, description="Cron schedule of the refresh, e.g. '0 7 * * *' (UTC)")
     sensor: SensorDeclaration | None = None
     export_file: str | None = Field(default=None, description="A bundled export for offline runs, relative to this file")
+    figures: str | None = Field(
+        default=None,
+        description="module:function computing the base table's figures for the UI after each load, "
+        "called with (connection, DatasetSpec) inside the run's transaction; returns metadata",
+    )
 
     def to_spec(self, file: Path) -> DatasetSpec:
         """The resolved dataset; `file` is the declaration's YAML (errors name it, `export_file` is relative to it)."""
@@ -229,7 +240,10 @@ class DatasetDeclaration(Model):
             title=self.title,
             description=self.description,
             group=self.group,
+            raw_group=self.raw.group or self.group,
+            base_group=self.base.group or self.group,
             owners=tuple(self.owners),
+            figures=self._figures(file),
         )
 
     def _column_spec(self, file: Path, name: str, column: ColumnDeclaration) -> ColumnSpec:
@@ -298,6 +312,12 @@ class DatasetDeclaration(Model):
         for column in ("fetched_at", "extra_columns"):
             if column in sources:
                 raise DeclarationError(file, "columns", f"{column!r} is a column of the raw table itself; map the source field to another name")
+
+    def _figures(self, file: Path) -> str | None:
+        """`module:function`, both dotted identifiers (imported when a load runs, never while definitions load)."""
+        if self.figures is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.figures):
+            raise DeclarationError(file, "figures", f"{self.figures[:100]!r} is not module:function")
+        return self.figures
 
     def _check_schedule(self, file: Path) -> None:
         from dagster._utils.schedules import is_valid_cron_string

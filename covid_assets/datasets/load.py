@@ -53,6 +53,7 @@ __all__ = [
     "Landing",
     "LoadOrigin",
     "MergeCounts",
+    "SchemaChange",
     "ShrinkingSourceError",
     "discard",
     "gate",
@@ -96,7 +97,7 @@ class Landing:
         if self.dropped:
             entries["extra_columns_dropped"] = _names(self.dropped)
         if self.nul_values:
-            entries["nul_values"] = self.nul_values
+            entries["nul_values_stripped"] = self.nul_values
         return entries
 
     def warnings(self) -> list[str]:
@@ -457,20 +458,21 @@ def _lost_series(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
 
 
 # ----------------------------------------------------------------------------- publish and merge
-def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing) -> None:
+def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing) -> SchemaChange:
     """Replace the raw table's rows with the staged delivery (created on first use, never dropped).
 
     TRUNCATE + INSERT rather than a swap of tables: analysts' views, grants and indexes on the raw
     table survive, as with every table the IO manager writes, and readers see the old rows until
-    the run commits.
+    the run commits. Returns the columns added to the table, and those kept but no longer written.
     """
     raw = spec.raw
     _lock(connection, raw)
-    _create_table(connection, raw)
+    change = _create_table(connection, raw)
     names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
     _execute(connection, sql.SQL("TRUNCATE {}").format(_qualified(raw)))
     _execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
         _qualified(raw), sql.Identifier(landing.table), n=names))
+    return change
 
 
 def merge_base(
@@ -530,7 +532,19 @@ def _qualified(table: TableSpec) -> sql.Identifier:
     return sql.Identifier(table.schema, table.name)
 
 
-def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> None:
+@dataclass(frozen=True)
+class SchemaChange:
+    """What a write changed of a table's columns: added, and kept though no longer written (NULL from now on)."""
+
+    added: tuple[str, ...] = ()
+    no_longer_written: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, list[str]]:
+        entries = {"columns_added": list(self.added)} if self.added else {}
+        return {**entries, **({"columns_no_longer_written": list(self.no_longer_written)} if self.no_longer_written else {})}
+
+
+def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> SchemaChange:
     """Create the table from its spec on first use; later, add the columns a declaration gained.
 
     Like the IO manager, a table is never dropped (analysts' views and grants survive) and a
@@ -549,6 +563,13 @@ def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bo
     elif definitions:
         _execute(connection, sql.SQL("ALTER TABLE {} {}").format(
             _qualified(table), sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in definitions)))
+    if not existing:
+        return SchemaChange()
+    declared = set(table.column_names)
+    return SchemaChange(
+        added=tuple(c.name for c in table.columns if c.name not in existing),
+        no_longer_written=tuple(sorted(name for name in existing if name not in declared)),
+    )
 
 
 def _table_exists(connection: adbc.Connection, table: TableSpec) -> bool:
