@@ -240,3 +240,17 @@ if __name__ == "__main__":
     generated = generate(int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ROWS)
     print(describe(generated), f"in {time.perf_counter() - started:.2f}s")
     print(generated.head(6).to_string())
+
+
+def typed_base(raw: pd.DataFrame) -> pd.DataFrame:
+    """The base table of a generated delivery as a frame (the summaries' and the IO manager's input):
+    the generator writes clean values, so typing is a cast; the warehouse types in SQL (datasets/load.py)."""
+    from covid_assets.assets.tables import BASE, PRIMARY_KEY
+
+    text = raw[BASE.column_names].apply(lambda column: column.str.strip()).replace("", None)
+    frame = text.assign(
+        date=pd.to_datetime(text["date"].str.slice(0, 10).str.replace("/", "-"), format="%Y-%m-%d").dt.date,
+        state_fips=text["state_fips"].str.zfill(2),
+    )
+    frame = frame.drop_duplicates(PRIMARY_KEY, keep="last").sort_values(PRIMARY_KEY, ignore_index=True)
+    return frame.astype(BASE.pandas_dtypes)

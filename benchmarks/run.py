@@ -90,13 +90,12 @@ def main(argv: list[str]) -> int:
     server = ServerProcess(args.rows, args.seed, args.latency_ms / 1000, compress=args.gzip)
     try:
         from benchmarks import report, scale, sections, unchanged
-        from benchmarks.dataset import describe, generate
+        from benchmarks.dataset import describe, generate, typed_base
         from benchmarks.pg import Postgres
-        from covid_assets.assets.parsing import type_test_results
 
         machine = report.machine()
         raw = generate(args.rows, args.seed)
-        base = type_test_results(raw).frame
+        base = typed_base(raw)
         pg = Postgres()
         bench = None
         try:

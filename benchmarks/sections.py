@@ -76,7 +76,7 @@ class Bench:
     server: ServerProcess
     pg: Postgres
     raw: pd.DataFrame  # the dataset as the API delivers it (strings)
-    base: pd.DataFrame  # the typed base table (type_test_results of raw)
+    base: pd.DataFrame  # the typed base table (dataset.typed_base of raw)
     log: Callable[[str], None]  # progress lines
     _deployment: Deployment | None = None
 

@@ -21,10 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import adbc_driver_postgresql.dbapi as adbc  # noqa: E402
 
-from benchmarks.dataset import DEFAULT_ROWS, DEFAULT_SEED, generate  # noqa: E402
+from benchmarks.dataset import DEFAULT_ROWS, DEFAULT_SEED, generate, typed_base  # noqa: E402
 from benchmarks.pg import Postgres  # noqa: E402
 from benchmarks.sections import BASE_SLICE, io_manager_write, previous_load  # noqa: E402
-from covid_assets.assets.parsing import type_test_results  # noqa: E402
 from covid_assets.assets.tables import PRIMARY_KEY  # noqa: E402
 from covid_assets.storage import postgres_io  # noqa: E402
 from covid_assets.storage.keyed_diff import diff_by_key  # noqa: E402
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     args = parser.parse_args()
-    frame = type_test_results(generate(args.rows, DEFAULT_SEED)).frame
+    frame = typed_base(generate(args.rows, DEFAULT_SEED))
     yesterday = previous_load(frame)
     key = list(PRIMARY_KEY)
     stages: dict[str, list[float]] = {}

@@ -1,10 +1,11 @@
-"""Asset checks: what must hold for the tables to be trusted, asked of Postgres in SQL.
+"""The COVID asset checks beyond the declared ones, asked of Postgres in SQL.
 
-Blocking checks on the base table stop the summaries from being rebuilt on bad data;
-warnings describe the source's known quirks with numbers, so they can be watched over time.
+The blocking checks of the base table (key, outcomes, dates, jurisdictions, row count of the
+accepted load) are declared (defs/covid_pcr_testing/defs.yaml) and run by the generic path: they
+stop the summaries from being rebuilt on bad data. Here: the warnings, which describe the source's
+known quirks with numbers so they can be watched over time, and the summary tables' checks.
 """
 
-import datetime as dt
 from collections.abc import Iterator, Sequence
 
 from dagster import (
@@ -18,23 +19,12 @@ from dagster import (
 )
 from psycopg import sql
 
-from covid_assets.assets.parsing import OUTCOMES, STATE_FIPS
-from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, RAW_ASSET_KEY, SPEC_BY_KEY, SUMMARIES
+from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, SPEC_BY_KEY, SUMMARIES
 from covid_assets.storage.warehouse import WarehouseResource
 
-EARLIEST_DATE = dt.date(2020, 1, 1)
 RAGGED_LAG_DAYS = 14
-# USPS codes of the states, DC, territories and freely associated states.
-KNOWN_JURISDICTIONS = frozenset(STATE_FIPS)
 BASE_TABLE = sql.Identifier(BASE.schema, BASE.name)
 
-BLOCKING_CHECKS = {
-    "primary_key_unique_and_not_null": "Every (state, overall_outcome, date) appears once, with no NULL part.",
-    "outcomes_are_known": "overall_outcome is Positive, Negative or Inconclusive.",
-    "dates_in_range": f"Every date is between {EARLIEST_DATE} and today.",
-    "states_are_known_jurisdictions": "Every state code is a known US state, DC, territory or freely associated state.",
-    "row_count_matches_accepted_load": "The table holds exactly the rows the raw asset's guard accepted (and not zero).",
-}
 WARNING_CHECKS = {
     "negative_daily_counts": "Daily counts below zero (states revising history); how many and the worst rows.",
     "cumulative_totals_decrease": "Rows whose cumulative total is lower than the day before in the same series.",
@@ -51,40 +41,14 @@ def repeated_key_rows(table: sql.Composable, key: Sequence[str]) -> sql.Composed
 
 
 @multi_asset_check(
-    specs=[
-        *(AssetCheckSpec(name, asset=BASE_ASSET_KEY, description=text, blocking=True) for name, text in BLOCKING_CHECKS.items()),
-        *(AssetCheckSpec(name, asset=BASE_ASSET_KEY, description=text) for name, text in WARNING_CHECKS.items()),
-    ],
+    specs=[AssetCheckSpec(name, asset=BASE_ASSET_KEY, description=text) for name, text in WARNING_CHECKS.items()],
 )
 def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
+    """The warnings on the base table (the blocking checks are the declaration's)."""
+
     def one(query: str, *literals: object) -> tuple:
         values = [value if isinstance(value, sql.Composable) else sql.Literal(value) for value in literals]
         return warehouse.query(sql.SQL(query).format(*values, table=BASE_TABLE))[0]
-
-    # One scan for the checks that only count rows.
-    rows, null_keys, bad_outcomes, out_of_range, first, last = one(
-        "SELECT count(*), "
-        "count(*) FILTER (WHERE state IS NULL OR overall_outcome IS NULL OR date IS NULL), "
-        "count(*) FILTER (WHERE overall_outcome NOT IN ({})), "
-        "count(*) FILTER (WHERE date < {} OR date > current_date), min(date), max(date) FROM {table}",
-        _values(OUTCOMES), EARLIEST_DATE,
-    )
-    (duplicates,) = warehouse.query(repeated_key_rows(BASE_TABLE, BASE.key))[0]
-    yield _result("primary_key_unique_and_not_null", duplicates == 0 and null_keys == 0,
-                  duplicate_keys=duplicates, null_keys=null_keys)
-    yield _result("outcomes_are_known", bad_outcomes == 0, rows_with_unknown_outcome=bad_outcomes)
-    yield _result("dates_in_range", out_of_range == 0, rows_out_of_range=out_of_range,
-                  first_date=str(first), last_date=str(last))
-
-    (unknown,) = one(
-        "SELECT coalesce(string_agg(DISTINCT state, ', '), '') FROM {table} WHERE state NOT IN ({})",
-        _values(sorted(KNOWN_JURISDICTIONS)),
-    )
-    yield _result("states_are_known_jurisdictions", not unknown, unknown_states=unknown or "none")
-
-    accepted = _accepted_base_rows(context)
-    yield _result("row_count_matches_accepted_load", rows > 0 and (accepted is None or rows == accepted),
-                  row_count=rows, accepted_by_guard=accepted if accepted is not None else "unknown")
 
     negative, worst = _negative_counts(warehouse)
     yield _warning("negative_daily_counts", negative, negative_daily_counts=negative, worst_rows=MetadataValue.md(worst))
@@ -103,10 +67,6 @@ def base_table_checks(context: AssetCheckExecutionContext, warehouse: WarehouseR
     )
     yield _warning("ragged_reporting", len(lagging), lagging_states=len(lagging),
                    states=", ".join(f"{state} ({latest})" for state, latest in lagging) or "none")
-
-
-def _values(items) -> sql.Composed:
-    return sql.SQL(", ").join(map(sql.Literal, items))
 
 
 SUMMARY_TOTAL_QUERIES = {
@@ -159,14 +119,6 @@ def _negative_counts(warehouse: WarehouseResource) -> tuple[int, str]:
     )
     table = "\n".join(f"| {s} | {o} | {d} | {n:,} |" for s, o, d, n, _ in rows)
     return (rows[0][4] if rows else 0), "| state | outcome | date | new results |\n|---|---|---|---|\n" + table
-
-
-def _accepted_base_rows(context: AssetCheckExecutionContext) -> int | None:
-    event = context.instance.get_latest_materialization_event(RAW_ASSET_KEY)
-    if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
-        return None  # the gate did not run in this run: nothing to compare with
-    entry = event.asset_materialization.metadata.get("base_rows")
-    return None if entry is None else entry.value
 
 
 def _result(name: str, passed: bool, asset_key: AssetKey = BASE_ASSET_KEY, **metadata: object) -> AssetCheckResult:

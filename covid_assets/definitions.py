@@ -1,7 +1,7 @@
 """The map of the pipeline. Read this first.
 
-    Socrata dataset (observed) ─> covid_19_raw.raw_covid_test_results   (assets/source.py, assets/raw.py)
-                                    └─> covid_19.covid_test_results     (assets/base.py: typed, checked, unique)
+    Socrata dataset (observed) ─> covid_19_raw.raw_covid_test_results   (declared: defs/covid_pcr_testing/defs.yaml,
+                                    └─> covid_19.covid_test_results      loaded by datasets/component.py: typed, checked, unique)
                                           ├─> covid_19.outcome_results  (assets/summaries.py)
                                           ├─> covid_19.state_results
                                           ├─> covid_19.smoothed_results
@@ -25,30 +25,28 @@ from pathlib import Path
 from dagster import AssetKey, Definitions, in_process_executor, load_from_defs_folder
 
 from covid_assets.alert_sensors import alert_sensors
-from covid_assets.assets.base import covid_test_results
-from covid_assets.assets.raw import raw_covid_test_results
-from covid_assets.assets.source import socrata_source
 from covid_assets.assets.summaries import SUMMARY_ASSETS
-from covid_assets.assets.tables import SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import COVID
 from covid_assets.checks import base_table_checks, summary_table_checks
+from covid_assets.datasets.component import dataset_definitions
 from covid_assets.freshness import table_freshness_policy, with_freshness_policy
 from covid_assets.resources import build_resources
 from covid_assets.schedules import daily_refresh_schedule, refresh_warehouse_job
 from covid_assets.sensors import source_sensor
 
 refresh_job = refresh_warehouse_job()
-covid_tables = with_freshness_policy([raw_covid_test_results, covid_test_results, *SUMMARY_ASSETS], table_freshness_policy())
+summaries = with_freshness_policy(SUMMARY_ASSETS, table_freshness_policy())
 
 
-def covid_definitions(declared: Definitions | None = None) -> Definitions:
-    """The COVID pipeline: the observed source, seven tables, their checks, job, schedule and sensors;
-    its alert sensors also watch the jobs, tables and sources of the `declared` datasets."""
-    declared = declared or Definitions()
+def covid_wiring(declared: Definitions) -> Definitions:
+    """What the COVID pipeline adds to its declared dataset: the five summaries, the warnings and summary
+    checks, the refresh_warehouse job with its schedule and source sensor, and the alert sensors, which
+    watch the jobs, tables and sources of every `declared` dataset."""
     jobs = [refresh_job, *(declared.jobs or [])]
-    tables = [*TABLE_ASSET_KEYS, *_keys(declared, materializable=True)]
-    sources = [SOURCE_ASSET_KEY, *_keys(declared, materializable=False)]
+    tables = [*_keys(declared, materializable=True), *(asset.key for asset in summaries)]
+    sources = _keys(declared, materializable=False)
     return Definitions(
-        assets=[socrata_source, *covid_tables],
+        assets=summaries,
         asset_checks=[base_table_checks, summary_table_checks],
         jobs=[refresh_job],
         schedules=[daily_refresh_schedule(refresh_job)],
@@ -56,6 +54,13 @@ def covid_definitions(declared: Definitions | None = None) -> Definitions:
         resources=build_resources(),
         executor=in_process_executor,
     )
+
+
+def covid_definitions() -> Definitions:
+    """The COVID pipeline alone: its declared source, raw and base table (built as the component builds
+    them from defs/covid_pcr_testing/defs.yaml), seven tables, checks, job, schedule and sensors."""
+    dataset = dataset_definitions(COVID)
+    return Definitions.merge(dataset, covid_wiring(dataset))
 
 
 def _keys(defs: Definitions, *, materializable: bool) -> list[AssetKey]:
@@ -70,9 +75,9 @@ def _keys(defs: Definitions, *, materializable: bool) -> list[AssetKey]:
 
 
 def code_location() -> Definitions:
-    """The COVID pipeline merged with the declared datasets (covid_assets/defs/*/defs.yaml), which use the same resources."""
+    """Every declared dataset (covid_assets/defs/*/defs.yaml, the COVID one included) with the COVID wiring."""
     declared = load_from_defs_folder(path_within_project=Path(__file__).parent)
-    return Definitions.merge(covid_definitions(declared), declared)
+    return Definitions.merge(covid_wiring(declared), declared)
 
 
 defs = code_location()

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
-from covid_assets.assets.tables import RAW_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import COVID, TABLE_ASSET_KEYS
+from covid_assets.datasets.component import scheduled_run_config
 from covid_assets.settings import env_flag, env_float
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
@@ -27,7 +28,7 @@ DEFAULT_MAX_RUNTIME_S = 3600.0
 # seconds is terminated and marked failed, so a hung run cannot hold the one-run queue.
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 # Scheduled runs write nothing when the source is unchanged; a manual run is a forced refresh.
-SCHEDULED_RUN_CONFIG = {"ops": {RAW_ASSET_KEY.to_python_identifier(): {"config": {"skip_if_unchanged": True}}}}
+SCHEDULED_RUN_CONFIG = scheduled_run_config(COVID)  # the load step's (load_covid_pcr_testing) skip_if_unchanged
 
 
 def refresh_warehouse_job(environ: Mapping[str, str] | None = None) -> "UnresolvedAssetJobDefinition":

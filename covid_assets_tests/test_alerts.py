@@ -223,7 +223,7 @@ def test_failed_runs_recovery_and_newly_failing_warnings(warehouse_url: str, sma
 
     _, missing = run(tmp_path / "missing.csv")
     alert = failure_alert(instance, missing)
-    assert (alert.event, alert.failed_step, alert.status) == ("run_failed", "covid_19_raw__raw_covid_test_results", "FAILURE")
+    assert (alert.event, alert.failed_step, alert.status) == ("run_failed", "load_covid_pcr_testing", "FAILURE")
     assert alert.error.startswith("export file not found:") and "no table changed" in alert.text()
 
     first, loaded = run(small_source)

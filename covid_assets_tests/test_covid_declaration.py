@@ -1,13 +1,17 @@
-"""The COVID dataset as a declaration (covid_assets/covid_pcr_testing.yaml), loaded by the generic path.
+"""The COVID dataset as a declaration (covid_assets/defs/covid_pcr_testing/defs.yaml), loaded by the generic path.
 
-The declaration must give today's COVID tables: the same columns and types, the same typing of
-the snapshot cell for cell, and the bad-row report worded as the pandas typing words it.
+The declaration must give the COVID tables as the pandas pipeline before it did: the same columns
+and types, the seven tables cell for cell on the bundled snapshot (against an independent pandas
+typing of the CSV written here, and the summary functions on it), and the bad-row report worded as
+the pandas typing worded it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -16,15 +20,30 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from covid_assets.assets.tables import BASE, RAW, SOURCE_ASSET_KEY
+from covid_assets.assets.summary_frames import (
+    build_outcome_results,
+    build_recent_positivity_results,
+    build_smoothed_results,
+    build_state_results,
+    build_total_results,
+)
+from covid_assets.assets.tables import (
+    BASE,
+    OUTCOME_RESULTS,
+    RAW,
+    RECENT_POSITIVITY_RESULTS,
+    SMOOTHED_RESULTS,
+    SOURCE_ASSET_KEY,
+    STATE_RESULTS,
+    TOTAL_RESULTS,
+)
 from covid_assets.datasets import load
 from covid_assets.datasets.component import check_queries, row_count_check_name
 from covid_assets.datasets.dataset_spec import DatasetSpec
 from covid_assets.datasets.declaration import DatasetDeclaration
-from covid_assets.datasets.pages import export_pages
 from covid_assets_tests.helpers import SNAPSHOT, query
 
-DECLARATION = Path(__file__).parents[1] / "covid_assets" / "covid_pcr_testing.yaml"
+DECLARATION = Path(__file__).parents[1] / "covid_assets" / "defs" / "covid_pcr_testing" / "defs.yaml"
 FETCHED_AT = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 ROW = {
     "state": "AL",
@@ -57,7 +76,7 @@ def one_page(*overrides: dict) -> list[pa.Table]:
 def test_the_declaration_describes_todays_tables_source_and_checks(spec: DatasetSpec) -> None:
     assert (spec.base.qualified_name, spec.raw.qualified_name, spec.source_key) == (BASE.qualified_name, RAW.qualified_name, SOURCE_ASSET_KEY)
     assert [(c.name, c.type, c.description) for c in spec.base.columns] == [(c.name, c.type, c.description) for c in BASE.columns]
-    assert spec.base.key == BASE.key and spec.base.description == BASE.description
+    assert spec.base.key == BASE.key and spec.base.description.endswith("Typed, unique on (state, overall_outcome, date).")
     assert [(c.name, c.type) for c in spec.raw.columns] == [(c.name, c.type) for c in RAW.columns]
     names = {query.name for query in check_queries(spec)} | {row_count_check_name(spec)}
     assert names == {"primary_key_unique_and_not_null", "outcomes_are_known", "dates_in_range",
@@ -72,21 +91,62 @@ def test_the_known_jurisdictions_are_the_fips_lookups_codes_and_agree_with_the_s
     assert {state: fips[state] for state in pairs["state"]} == dict(zip(pairs["state"], pairs["state_fips"]))
 
 
-def test_the_generic_load_of_the_snapshot_matches_todays_tables_cell_for_cell(
-    spec: DatasetSpec, connection, warehouse_url: str, snapshot_warehouse: str
-) -> None:
-    """Today's tables (the pandas path, `snapshot_warehouse`) against the declaration's (SQL typing)."""
-    landing = load.land(connection, spec, export_pages(SNAPSHOT), FETCHED_AT)
-    accepted = load.gate(connection, spec, landing, allow_shrink=False, max_shrink_fraction=0.05)
-    load.publish_raw(connection, spec, landing)
-    load.merge_base(connection, spec, accepted)
-    connection.commit()
-    for table in (spec.raw, spec.base):
-        columns = ", ".join(f'"{c}"' for c in table.column_names if c != "fetched_at")
-        statement = f"SELECT {columns} FROM {table.qualified_name} ORDER BY {columns}"
-        declared, today = query(warehouse_url, statement), query(snapshot_warehouse, statement)
-        assert len(declared) == len(today) == 57_459
-        assert declared == today, table.qualified_name
+def independent_base(snapshot: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """The base table as the pandas typing before the migration made it, written out here: trimmed text,
+    blank = NULL, FIPS with its zero (or the state's), the day of each date layout, whole counts, last duplicate kept."""
+    text = snapshot.apply(lambda column: column.str.strip()).replace("", None).astype("string")
+    fips = dict(spec.base["state_fips"].rules.fill_map)
+    frame = text.assign(
+        state_fips=text["state_fips"].str.zfill(2).fillna(text["state"].map(fips).astype("string")),
+        date=pd.to_datetime(text["date"].str.slice(0, 10).str.replace("/", "-"), format="%Y-%m-%d").dt.date,
+        new_results_reported=text["new_results_reported"].astype("Int64"),
+        total_results_reported=text["total_results_reported"].astype("Int64"),
+    )
+    frame = frame.drop_duplicates(list(spec.base.key), keep="last").sort_values(list(spec.base.key), ignore_index=True)
+    return frame.astype(spec.base.pandas_dtypes)
+
+
+def rows_of(frame: pd.DataFrame) -> list[tuple]:
+    """Python values (None for NA, floats rounded as the tables store them) in the frame's order."""
+    def value(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return None
+        if isinstance(v, float):
+            return round(v, 6)
+        return v.item() if hasattr(v, "item") else v
+    return [tuple(value(v) for v in row) for row in frame.astype(object).itertuples(index=False, name=None)]
+
+
+def stored_rows(url: str, table, order: list[str]) -> list[tuple]:
+    columns = ", ".join(f'"{c}"' for c in table.column_names if c != "fetched_at")
+    rows = query(url, f"SELECT {columns} FROM {table.qualified_name} ORDER BY {', '.join(order)}")
+    return [tuple(round(float(v), 6) if isinstance(v, (float, Decimal)) else v for v in row) for row in rows]
+
+
+def test_the_seven_tables_match_an_independent_pandas_path_cell_for_cell(spec: DatasetSpec, snapshot_warehouse: str) -> None:
+    """`snapshot_warehouse` is `./dev offline`: every COVID asset materialized from the bundled snapshot."""
+    snapshot = pd.read_csv(SNAPSHOT, dtype=str, keep_default_na=False)
+    raw = snapshot.replace("", None).assign(extra_columns=None)
+    columns = [c for c in spec.raw.column_names if c != "fetched_at"]
+    assert stored_rows(snapshot_warehouse, spec.raw, columns) == sorted(rows_of(raw[columns]), key=_sortable)
+    base = independent_base(snapshot, spec)
+    assert len(base) == 57_459
+    assert stored_rows(snapshot_warehouse, spec.base, list(spec.base.key)) == rows_of(base)
+    frames = {
+        OUTCOME_RESULTS: build_outcome_results(base),
+        STATE_RESULTS: build_state_results(base),
+        SMOOTHED_RESULTS: build_smoothed_results(base),
+        TOTAL_RESULTS: build_total_results(base),
+        RECENT_POSITIVITY_RESULTS: build_recent_positivity_results(base),
+    }
+    for table, frame in frames.items():
+        order = list(table.key)
+        expected = rows_of(frame.sort_values(order, ignore_index=True))
+        assert stored_rows(snapshot_warehouse, table, order) == expected, table.qualified_name
+
+
+def _sortable(row: tuple) -> tuple:
+    return tuple("" if v is None else v for v in row)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from covid_assets_tests.helpers import (
     table_fingerprints,
 )
 
-RAW_OP = RAW_ASSET_KEY.to_python_identifier()
+RAW_OP = "load_covid_pcr_testing"  # the step that loads the raw and base tables
 
 pytestmark = pytest.mark.slow  # many cases on a real Postgres: `./dev test` runs them, `./dev test-fast` does not
 
@@ -70,7 +70,7 @@ def test_a_lost_series_is_refused_even_when_small(snapshot_warehouse: str, snaps
 
     result = materialize_all(snapshot_warehouse, from_file(write_csv(without, tmp_path / "lost.csv")), raise_on_error=False)
     assert not result.success
-    assert "1 (state, outcome) series disappeared: WY/Inconclusive" in failure_message(result)
+    assert "1 (state, overall_outcome) series disappeared: WY/Inconclusive" in failure_message(result)
     assert table_fingerprints(snapshot_warehouse) == before
 
 
@@ -189,7 +189,7 @@ def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(
 
 
 def test_the_schedule_asks_for_change_detection() -> None:
-    assert SCHEDULED_RUN_CONFIG == {"ops": {"covid_19_raw__raw_covid_test_results": {"config": {"skip_if_unchanged": True}}}}
+    assert SCHEDULED_RUN_CONFIG == {"ops": {"load_covid_pcr_testing": {"config": {"skip_if_unchanged": True}}}}
     assert AssetKey(["covid_19_raw", "raw_covid_test_results"]) == RAW_ASSET_KEY
 
 

@@ -534,14 +534,15 @@ class HeldWrite:
     """Makes the next replace of `table` wait inside its transaction, until `release()`.
 
     key: an uncommitted row with a primary key the refresh will insert; the writer's DELETE
-    does not see it, and its COPY of the new and changed rows then waits on that key.
+    does not see it, and its COPY (IO manager) or INSERT (the declared base table's merge) of the
+    new and changed rows then waits on that key.
     key=None: a row lock on the table's last row; the writer's DELETE waits on it after
     marking every other row deleted (for tables without a primary key).
     """
 
     def __init__(self, url: str, table: str, key: dict[str, str] | None = None) -> None:
         self.url, self.table = url, table
-        self.statement = "COPY" if key else "DELETE"
+        self.statement = "(COPY|INSERT)" if key else "DELETE"
         self.connection = psycopg.connect(url)  # a transaction stays open until release()
         schema, name = table.split(".")
         if key:
@@ -565,8 +566,8 @@ class HeldWrite:
             while time.monotonic() < deadline and alive():
                 found = watcher.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                    "AND query ILIKE %s AND query LIKE %s",
-                    (f"{self.statement} %", f'%"{self.table.split(".")[1]}"%'),  # COPY "covid_19"."covid_test_results" ...
+                    "AND query ~* %s AND query LIKE %s",
+                    (f"^{self.statement} ", f'%"{self.table.split(".")[1]}"%'),  # COPY "covid_19"."covid_test_results" ...
                 ).fetchall()
                 if found:
                     return found[0][0]
@@ -845,7 +846,7 @@ def test_database_restart_in_the_base_write_fails_clearly_and_loses_nothing(
 ) -> None:
     died = restarted_mid_base_write
     assert re.search(DATABASE_WENT_AWAY, died.message), died.message
-    assert "covid_19__covid_test_results" in died.message  # the failing step is named
+    assert "load_covid_pcr_testing" in died.message  # the failing step is named (it writes the raw and base tables)
     assert died.sessions_left == []
     assert unchanged(died, [BASE, *SUMMARIES]) == dict.fromkeys([BASE, *SUMMARIES], True)
 
@@ -866,7 +867,7 @@ def test_database_restart_in_the_raw_write_fails_clearly_and_leaves_every_table(
     restarted_mid_raw_write: Died, grown_rows: list[dict[str, str]]
 ) -> None:
     died = restarted_mid_raw_write
-    assert "covid_19_raw__raw_covid_test_results" in died.message
+    assert "load_covid_pcr_testing" in died.message
     assert re.search(DATABASE_WENT_AWAY, died.message), died.message
     assert died.sessions_left == []
     assert unchanged(died, TABLES) == dict.fromkeys(TABLES, True)
@@ -969,7 +970,7 @@ def test_a_lock_held_by_an_analyst_times_out_naming_the_statement_and_the_holder
     assert not result.success
     message = failure_message(result)
     assert re.search(expected, message), message
-    assert 'statement `SELECT "state", "overall_outcome", count(*) FROM "covid_19"."covid_test_results"' in message, message
+    assert re.search(r'statement `SELECT [^`]*FROM "covid_19"."covid_test_results"', message), message  # the shrink guard's count
     assert re.search(r"pid \d+ \(user \w+, application analyst-report, idle in transaction", message), message
     assert elapsed < 30, f"the run waited {elapsed:.0f} s"
     assert table_fingerprints(loaded.url) == loaded.before

@@ -24,7 +24,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from covid_assets.assets.tables import RAW_ASSET_KEY
 from covid_assets_tests.support import FakeSocrata
 from covid_assets_tests.helpers import COVID_SELECTION, SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database
 from covid_assets_tests.services import (
@@ -73,7 +72,7 @@ def hostile_run_configs(trap_url: str) -> dict[str, tuple[str, dict]]:
     }
 
 
-HARMLESS_RUN_CONFIG = {"ops": {RAW_ASSET_KEY.to_python_identifier(): {"config": {"allow_shrink": True}}}}
+HARMLESS_RUN_CONFIG = {"ops": {"load_covid_pcr_testing": {"config": {"allow_shrink": True}}}}
 
 
 @dataclass

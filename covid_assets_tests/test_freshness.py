@@ -22,12 +22,11 @@ import pytest
 from dagster import AssetKey, DagsterInstance, asset, build_sensor_context, materialize
 
 from covid_assets.datasets.operations import RETRY_REASON_TAG, TRANSIENT_SOURCE_ERROR
-from covid_assets.assets.source import observe_source
-from covid_assets.assets.tables import RAW_ASSET_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import COVID, RAW_ASSET_KEY, TABLE_ASSET_KEYS
 from covid_assets.definitions import covid_definitions
 from covid_assets.freshness import source_staleness
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
-from covid_assets.sensors import SourceUnreachable
+from covid_assets.datasets.component import SourceUnreachable, observe_source
 from covid_assets.sources.socrata import SocrataSource
 from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.support import FakeSocrata, Fault
@@ -175,7 +174,7 @@ def test_a_run_failed_from_outside_commits_nothing(warehouse_url: str) -> None:
 def test_the_observation_is_rows_updated_at_and_count_and_warns_when_the_publisher_stopped(rows) -> None:
     with FakeSocrata(rows) as server, environment(SOCRATA_BASE_URL=server.base_url, SOCRATA_SOURCE_FILE=None):
         server.rows_updated_at = 1_700_000_000
-        observation = observe_source(SocrataSource(), now=dt.datetime(2023, 12, 14, 22, 13, tzinfo=dt.UTC))
+        observation = observe_source(COVID, SocrataSource(), now=dt.datetime(2023, 12, 14, 22, 13, tzinfo=dt.UTC))
         assert len(server.requests) == 2 and server.page_requests() == []
     assert observation.version == f"1700000000-{len(rows)}" and observation.run_key == f"source-version-1700000000-{len(rows)}"
     staleness = observation.staleness

@@ -2,14 +2,15 @@
 
 They are kept free of Dagster and of the database so that their semantics can be pinned by
 small hand-computed tests. Every function takes the base frame (dtypes as in
-`tables.BASE.pandas_dtypes`, as `parsing.type_test_results` returns it) and returns a fresh
+`tables.BASE.pandas_dtypes`, as the IO manager reads the base table) and returns a fresh
 frame with a RangeIndex and the columns and dtypes of its table's spec (`tables.STATE_RESULTS.pandas_dtypes`, ...).
 
 Rates and means are rounded to 2 decimals HALF AWAY FROM ZERO, like Postgres
 `round(numeric, 2)`, and the rounding is done in exact integer arithmetic (see `_rate`), so a
 value such as 1/32 = 3.125 % becomes 3.13 here as in SQL (float `.round(2)` would give 3.12).
 
-No number is ever wrong by overflow: counts are below 10^12 (`parsing.COUNT_LIMIT`), so the
+No number is ever wrong by overflow: counts are below 10^12 (`tables.COUNT_LIMIT`, the
+declaration's max_abs), so the
 sums over a base table of fewer than 9.2 million rows fit in int64 (`_require_exact_sums`
 refuses a frame for which they might not), the 7-day sums are differences of exact int64
 running sums, and the rates are computed in Python integers, which do not overflow when
@@ -24,8 +25,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from covid_assets.assets.parsing import COUNT_COLUMNS, OUTCOMES
 from covid_assets.assets.tables import (
+    COUNT_COLUMNS,
+    OUTCOMES,
     OUTCOME_RESULTS,
     RECENT_POSITIVITY_RESULTS,
     SMOOTHED_RESULTS,

@@ -1,57 +1,45 @@
 """The COVID pipeline's seven warehouse tables, each described once (key = [schema, table]).
 
-Each table is one `TableSpec`: its name, key, description and, per column, the Postgres type,
-what the column means and which base-table columns a summary column is computed from. The
-asset keys, primary keys, the typing rules' column lists, the summaries' pandas dtypes, the
-checks' keys, the Postgres types the IO manager creates and the column schema and lineage the
-UI shows are all derived from these specs.
+The raw and base tables are the declaration's (`COVID`, from covid_assets/defs/covid_pcr_testing/
+defs.yaml: columns, types, typing rules, key); each summary is one `TableSpec` here: its name, key,
+description and, per column, the Postgres type, what the column means and which base-table columns
+it is computed from. The asset keys, primary keys, the summaries' pandas dtypes, the checks' keys,
+the Postgres types the IO manager creates and the column schema and lineage the UI shows are all
+derived from these specs.
 """
 
 from __future__ import annotations
 
-from dagster import AssetKey
+from pathlib import Path
 
-from covid_assets.datasets.dataset_spec import raw_table_spec
+import yaml
+
+from covid_assets.datasets.dataset_spec import DatasetSpec
+from covid_assets.datasets.declaration import DatasetDeclaration
 from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
 
-RAW_SCHEMA = "covid_19_raw"
 SCHEMA = "covid_19"
 OWNERS = ["team:data-platform"]
+# The source, raw and base tables are declared (covid_assets/defs/covid_pcr_testing/defs.yaml) and
+# loaded by the generic path; the summaries below are computed from the base table.
+DECLARATION = Path(__file__).parents[1] / "defs" / "covid_pcr_testing" / "defs.yaml"
+
+
+def covid_dataset() -> DatasetSpec:
+    """The COVID dataset as its declaration resolves (read once per process: no network, a small YAML file)."""
+    attributes = yaml.safe_load(DECLARATION.read_text())["attributes"]
+    return DatasetDeclaration.model_validate(attributes).to_spec(DECLARATION)
+
+
+COVID = covid_dataset()
+BASE = COVID.base
+RAW = COVID.raw
+RAW_SCHEMA = RAW.schema
 # The published dataset itself, observed (never materialized): upstream of the raw table.
-SOURCE_ASSET_KEY = AssetKey(["socrata", "covid_pcr_testing_time_series"])
-
-BASE = TableSpec.build(
-    SCHEMA,
-    "covid_test_results",
-    [
-        ColumnSpec("state", "TEXT", "Two-letter USPS code of the jurisdiction (state, DC, territory)."),
-        ColumnSpec("state_name", "TEXT", "Name of the jurisdiction."),
-        ColumnSpec("state_fips", "TEXT", "Two-digit Census FIPS code, leading zero kept."),
-        ColumnSpec("fema_region", "TEXT", "FEMA region the jurisdiction belongs to, e.g. 'Region 4'."),
-        ColumnSpec("overall_outcome", "TEXT", "Test outcome: Positive, Negative or Inconclusive."),
-        ColumnSpec("date", "DATE", "Day the results were reported for."),
-        ColumnSpec("new_results_reported", "BIGINT", "Results with this outcome reported that day; negative when history was revised."),
-        ColumnSpec("total_results_reported", "BIGINT", "Cumulative results with this outcome up to and including that day."),
-    ],
-    key=["state", "overall_outcome", "date"],
-    description=(
-        "One row per jurisdiction, test outcome and day: how many PCR results were reported that day "
-        "(`new_results_reported`, negative when a state revised its history) and the cumulative count "
-        "(`total_results_reported`). Typed, checked, and unique on (state, overall_outcome, date)."
-    ),
-)
-
-RAW = raw_table_spec(
-    RAW_SCHEMA,
-    "raw_covid_test_results",
-    BASE,
-    description=(
-        "Every row of the HHS COVID-19 PCR testing time series (healthdata.gov j8mb-icvb) exactly as "
-        "delivered: the eight source columns as strings, any other columns the source sends in `extra_columns` "
-        "(JSON), and `fetched_at`, which says "
-        "when the full refresh fetched them."
-    ),
-)
+SOURCE_ASSET_KEY = COVID.source_key
+COUNT_COLUMNS = BASE.names_of_type("BIGINT")
+OUTCOMES = BASE["overall_outcome"].rules.allowed
+COUNT_LIMIT = BASE["new_results_reported"].rules.max_abs  # |count| < COUNT_LIMIT: the summaries stay exact in int64
 
 
 def _summary(name: str, key: str, description: str, *columns: tuple[str, str, str, tuple[str, ...]]) -> TableSpec:
@@ -142,7 +130,7 @@ TABLES = (RAW, BASE, *SUMMARIES)
 RAW_ASSET_KEY = RAW.asset_key
 BASE_ASSET_KEY = BASE.asset_key
 PRIMARY_KEY = list(BASE.key)
-SERIES_KEY = ["state", "overall_outcome"]
+SERIES_KEY = list(COVID.series_key)
 SUMMARY_ASSET_KEYS = [spec.asset_key for spec in SUMMARIES]
 TABLE_ASSET_KEYS = [spec.asset_key for spec in TABLES]
 SPEC_BY_KEY = {spec.asset_key: spec for spec in TABLES}

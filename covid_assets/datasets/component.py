@@ -26,11 +26,12 @@ import datetime as dt
 import importlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -78,6 +79,7 @@ from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from dagster import TableSchema
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
     from covid_assets.datasets.history import LoadOrigin
@@ -206,29 +208,51 @@ def source_observation(spec: DatasetSpec):
         name=f"observe_{spec.name}_source",
     )
     def observe(socrata: SocrataSource):
-        version, metadata, rows_updated_at = observe_source(spec, socrata)
-        staleness = source_staleness(rows_updated_at, dt.datetime.now(dt.UTC), source_stale_days(), keys.source)
+        observation = observe_source(spec, socrata)
+        staleness = observation.staleness
         check = AssetCheckResult(
             asset_key=keys.source, check_name=staleness.check_name, passed=staleness.passed,
             severity=staleness.severity, metadata=staleness.metadata,
         )
-        yield ObserveResult(asset_key=keys.source, data_version=DataVersion(version), metadata=metadata, check_results=[check])
+        yield ObserveResult(asset_key=keys.source, data_version=DataVersion(observation.version), metadata=observation.metadata, check_results=[check])
 
     return observe
 
 
-def observe_source(spec: DatasetSpec, socrata: SocrataSource) -> tuple[str, dict[str, Any], int | None]:
-    """The source's data version now, what to show with it, and the publisher's rowsUpdatedAt (for staleness)."""
+@dataclass(frozen=True)
+class SourceObservation:
+    """What one observation found: the data version, what to show for it, and the publisher's staleness."""
+
+    version: str
+    metadata: dict[str, Any]
+    staleness: AssetCheckEvaluation
+
+    @property
+    def run_key(self) -> str:
+        """One release, one run: the key of the refresh a new version asks for."""
+        return f"source-version-{self.version}"
+
+
+class SourceUnreachable(RuntimeError):
+    """The observation failed; the sensor tick shows this, the next tick tries again."""
+
+
+def observe_source(spec: DatasetSpec, socrata: SocrataSource, now: dt.datetime | None = None) -> SourceObservation:
+    """Ask the source what it holds now (two small requests, or the export file's size and time);
+    a failing request raises SocrataError (URL and status, never the token)."""
+    now = now or dt.datetime.now(dt.UTC)
+    key = spec.source_key
     target = dataset_target(spec)
     if target.source_file:
         stat = os.stat(target.source_file)
         metadata = {"source": MetadataValue.path(target.source_file), "file_bytes": stat.st_size}
-        return f"file-{stat.st_size}-{stat.st_mtime_ns}", metadata, None
+        return SourceObservation(f"file-{stat.st_size}-{stat.st_mtime_ns}", metadata, source_staleness(None, now, 0, key))
     signature = read_signature(spec, socrata, target, OBSERVE_DEADLINE_S)
     metadata: dict[str, Any] = {"source": MetadataValue.url(target.base_url), "row_count": signature.row_count}
     if signature.rows_updated_at is not None:
         metadata["rows_updated_at"] = MetadataValue.timestamp(dt.datetime.fromtimestamp(signature.rows_updated_at, dt.UTC))
-    return f"{signature.rows_updated_at or 'unknown'}-{signature.row_count}", metadata, signature.rows_updated_at
+    version = f"{signature.rows_updated_at or 'unknown'}-{signature.row_count}"
+    return SourceObservation(version, metadata, source_staleness(signature.rows_updated_at, now, source_stale_days(), key))
 
 
 def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
@@ -247,7 +271,7 @@ def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
     base = AssetSpec(
         keys.base,
         deps=[keys.raw],
-        description=(spec.description or spec.title or spec.dataset_id) + f"\n\nTyped, unique on ({', '.join(spec.base.key)}).",
+        description=spec.base.description,
         kinds={"postgres"},
         group_name=spec.base_group or spec.group,
         metadata={**table_metadata(spec.base), "dagster/column_lineage": spec.base.column_lineage(keys.raw)},
@@ -334,7 +358,7 @@ def load_dataset(
     wait_if_retrying(context)
     target = dataset_target(spec)
     last = read_last_load(context, keys.raw) if config.skip_if_unchanged else None
-    still_stored = last is not None and holds_last_load(warehouse, spec, last)
+    still_stored = last is not None and holds_last_load(warehouse, spec, last, job_tables(context, [keys.raw, keys.base]))
     signature = None if target.source_file else _signature_or_none(context, spec, socrata, target)
     if still_stored and signature and signature.rows_updated_at is not None and signature == last.signature:
         unchanged(context, keys, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}", last.evidence())
@@ -367,6 +391,7 @@ def load_dataset(
         schema_change = publish_raw(connection, spec, landing)
         counts = merge_base(connection, spec, accepted, load_origin(context, signature, target))
         figures = base_figures(spec, connection)
+        previews = {table.name: preview(connection, table) for table in (spec.raw, spec.base)}
     evidence = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, accepted.rows).evidence()
     source_value = MetadataValue.path(source) if target.source_file else MetadataValue.url(target.base_url)
     yield MaterializeResult(
@@ -375,6 +400,9 @@ def load_dataset(
         metadata={
             "source": source_value,
             "dagster/row_count": landing.rows,
+            "dagster/table_name": spec.raw.qualified_name,
+            "dagster/column_schema": written_schema(spec.raw),
+            "preview": previews[spec.raw.name],
             **fetch.metadata(),
             **landing.metadata(),
             **schema_change.metadata(),
@@ -386,6 +414,9 @@ def load_dataset(
         data_version=DataVersion(landing.content_hash),
         metadata={
             "dagster/row_count": counts.total,
+            "dagster/table_name": spec.base.qualified_name,
+            "dagster/column_schema": written_schema(spec.base),
+            "preview": previews[spec.base.name],
             "rows": accepted.rows,
             "rows_added": counts.added,
             "rows_revised": counts.revised,
@@ -406,6 +437,25 @@ def load_origin(context: AssetExecutionContext, signature: SourceSignature | Non
         rows_updated_at=None if updated is None else dt.datetime.fromtimestamp(updated, dt.UTC),
         source_file=target.source_file,
     )
+
+
+def written_schema(table) -> "TableSchema":
+    """The columns as written, with their Postgres types (as the IO manager reports a write)."""
+    from dagster import TableColumn, TableSchema
+
+    return TableSchema(columns=[TableColumn(c.name, c.type, description=c.description or None) for c in table.columns])
+
+
+def preview(connection: Any, table) -> MetadataValue:
+    """The table's first rows (by key) as markdown, as the IO manager shows a write."""
+    from covid_assets.storage.postgres_io import PREVIEW_ROWS
+
+    order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, table.key))) if table.key else sql.SQL("")
+    statement = sql.SQL("SELECT * FROM {}{} LIMIT {}").format(sql.Identifier(table.schema, table.name), order, sql.Literal(PREVIEW_ROWS))
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string())
+        frame = cursor.fetch_arrow_table().to_pandas()
+    return MetadataValue.md(frame.to_markdown(index=False))
 
 
 class Fetch:
@@ -497,11 +547,11 @@ def read_last_load(context: AssetExecutionContext, raw_key: AssetKey) -> LastLoa
     )
 
 
-def holds_last_load(warehouse: WarehouseResource, spec: DatasetSpec, last: LastLoad) -> bool:
-    """The base table still has the last load's rows and the raw table still exists."""
+def holds_last_load(warehouse: WarehouseResource, spec: DatasetSpec, last: LastLoad, tables: Sequence[AssetKey]) -> bool:
+    """The base table still has the last load's rows, and no table of the run's job has been dropped."""
     if warehouse.row_count(spec.base.schema, spec.base.name) != last.base_rows:
         return False
-    return warehouse.table_exists(spec.raw.schema, spec.raw.name)
+    return not warehouse.missing_tables([tuple(key.path) for key in tables if key != spec.base.asset_key and len(key.path) == 2])
 
 
 # ----------------------------------------------------------------------------- checks
@@ -529,9 +579,9 @@ def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
         CheckQuery(
             names.get("primary_key", "primary_key"),
             f"({', '.join(spec.base.key)}) is unique and never null.",
-            sql.SQL(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} GROUP BY {k} HAVING count(*) > 1) d) AS duplicate_keys, "
-                "(SELECT count(*) FROM {t} WHERE {n}) AS null_keys"
+            sql.SQL(  # duplicate_keys: the rows beyond the first of each key
+                "SELECT (SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {t} GROUP BY {k} HAVING count(*) > 1) d) "
+                "AS duplicate_keys, (SELECT count(*) FROM {t} WHERE {n}) AS null_keys"
             ).format(t=table, k=key, n=any_key_null),
             counts_named=True,
         )
@@ -660,27 +710,48 @@ def dataset_schedule(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", cro
     )
 
 
-def dataset_sensor(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", minutes: float):
+SOURCE_VERSION_TAG = "covid/source_version"
+
+
+def dataset_sensor(
+    spec: DatasetSpec,
+    job: "UnresolvedAssetJobDefinition",
+    minutes: float,
+    *,
+    name: str | None = None,
+    enabled: bool | None = None,
+    poll_setting: str = "",
+):
+    """Observe the source every `minutes`, record the observation and the publisher's staleness, and ask
+    for one refresh per new version (run key = the version: one release, one run, whatever the ticks
+    and restarts), with the schedule's config (it writes nothing if the contents turn out equal). An
+    unreachable source fails the tick, visibly (never the token); the next tick tries again."""
     keys = DatasetKeys.of(spec)
+    enabled = env_flag(SENSORS_ENABLED_ENV) if enabled is None else enabled
 
     @sensor(
-        name=f"{spec.name}_source_sensor",
+        name=name or f"{spec.name}_source_sensor",
         job=job,
         minimum_interval_seconds=max(int(minutes * 60), 1),
-        default_status=DefaultSensorStatus.RUNNING if env_flag(SENSORS_ENABLED_ENV) else DefaultSensorStatus.STOPPED,
-        description=f"Observes {spec.domain} {spec.dataset_id} every {minutes:g} min and starts one refresh per new version.",
+        default_status=DefaultSensorStatus.RUNNING if enabled else DefaultSensorStatus.STOPPED,
+        description=(
+            f"Observes {spec.domain} {spec.dataset_id} every {minutes:g} min{poll_setting} and starts one refresh per new version "
+            "(rowsUpdatedAt and row count)."
+        ),
     )
     def watch(context: SensorEvaluationContext, socrata: SocrataSource) -> SensorResult:
         try:
-            version, metadata, rows_updated_at = observe_source(spec, socrata)
+            observation = observe_source(spec, socrata)
         except (SocrataError, OSError) as error:
-            raise RuntimeError(f"could not observe {spec.dataset_id} ({error}); the next tick tries again") from None
-        tags = {"dagster/data_version": version, "dagster/data_version_is_user_provided": "true"}
-        staleness = source_staleness(rows_updated_at, dt.datetime.now(dt.UTC), source_stale_days(), keys.source)
-        events = [AssetObservation(asset_key=keys.source, metadata=metadata, tags=tags), staleness]
-        if context.cursor == version:
-            return SensorResult(asset_events=events, skip_reason=f"source version {version} already seen")
-        request = RunRequest(run_key=f"{spec.name}-{version}", run_config=scheduled_run_config(spec))
-        return SensorResult(run_requests=[request], asset_events=events, cursor=version)
+            raise SourceUnreachable(f"could not observe the source ({error}); the next tick tries again") from None
+        tags = {"dagster/data_version": observation.version, "dagster/data_version_is_user_provided": "true"}
+        events = [AssetObservation(asset_key=keys.source, metadata=observation.metadata, tags=tags), observation.staleness]
+        if context.cursor == observation.version:
+            return SensorResult(asset_events=events, skip_reason=f"source version {observation.version} already seen")
+        context.log.info(f"new source version {observation.version} (last seen: {context.cursor or 'none'}): requesting a refresh")
+        request = RunRequest(
+            run_key=observation.run_key, run_config=scheduled_run_config(spec), tags={SOURCE_VERSION_TAG: observation.version}
+        )
+        return SensorResult(run_requests=[request], asset_events=events, cursor=observation.version)
 
     return watch

@@ -219,7 +219,8 @@ class DatasetDeclaration(Model):
         """The resolved dataset; `file` is the declaration's YAML (errors name it, `export_file` is relative to it)."""
         columns = [self._column_spec(file, name, column) for name, column in self.columns.items()]
         try:
-            base = TableSpec.build(self.base.schema_, self.base.table, columns, key=self.key, description=self.description)
+            description = (self.description or self.title or self.dataset_id) + f"\n\nTyped, unique on ({', '.join(self.key)})."
+            base = TableSpec.build(self.base.schema_, self.base.table, columns, key=self.key, description=description)
         except ValueError as error:
             raise DeclarationError(file, "key", str(error)) from None
         self._check_columns(file, base)

@@ -8,7 +8,7 @@ source order) and names of at most MAX_EXTRA_NAME_CHARS characters; the others a
 listed. Postgres text cannot hold a NUL byte, so NUL bytes are removed from names and values.
 The JSON text is built column-wise with Arrow string kernels, never row by row.
 
-Shared by the COVID raw asset (`assets/raw.py`, one frame) and the declared datasets' loader
+Used by the declared datasets' loader
 (`datasets/load.py`, page by page).
 """
 

@@ -461,15 +461,16 @@ def _lost_series(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
 def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing) -> SchemaChange:
     """Replace the raw table's rows with the staged delivery (created on first use, never dropped).
 
-    TRUNCATE + INSERT rather than a swap of tables: analysts' views, grants and indexes on the raw
-    table survive, as with every table the IO manager writes, and readers see the old rows until
-    the run commits. Returns the columns added to the table, and those kept but no longer written.
+    DELETE + INSERT rather than a swap of tables or TRUNCATE: analysts' views, grants and indexes on
+    the raw table survive, as with every table the IO manager writes, and readers keep reading the
+    old rows until the run commits (TRUNCATE would make them wait for the commit instead).
+    Returns the columns added to the table, and those kept but no longer written.
     """
     raw = spec.raw
     _lock(connection, raw)
     change = _create_table(connection, raw)
     names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
-    _execute(connection, sql.SQL("TRUNCATE {}").format(_qualified(raw)))
+    _execute(connection, sql.SQL("DELETE FROM {}").format(_qualified(raw)))
     _execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
         _qualified(raw), sql.Identifier(landing.table), n=names))
     return change
