@@ -147,7 +147,8 @@ def extraction(b: Bench) -> list[Row]:
     latency = f"{b.latency_s * 1000:.0f} ms latency"
     return [
         Row(
-            "1a", f"extract, project client (count + 50k pages, 4 workers, $order=:id), {latency}", t_project, b.n,
+            "1a", f"extract, project client (count + {SocrataSource().page_size // 1000}k pages, {SocrataSource().max_workers} workers, "
+            f"$order=:id), {latency}", t_project, b.n,
             ratio=f"{ratio:.1f}× faster than 1b", target="≥ 5× faster than 1b; every row once",
             verdict=verdict(ratio >= 5 and bool(info["project_exact"])),
             note=(
