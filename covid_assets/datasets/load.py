@@ -294,8 +294,14 @@ def gate(
     if bad:
         raise InvalidRowsError(_bad_rows_message(connection, typing, total, bad))
     table = _staging_name("typed", spec)
-    rows = _execute_count(connection, typing.create_unique(table, typed_all))
-    _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
+    if typing.repeats_a_key(connection, typed_all):
+        rows = _execute_count(connection, typing.create_unique(table, typed_all))
+        _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
+    else:  # the usual delivery: the typed rows are the unique ones already (a hash aggregate, not a sort and a copy)
+        _execute(connection, sql.SQL("ALTER TABLE pg_temp.{} DROP COLUMN {}, DROP COLUMN {}").format(
+            sql.Identifier(typed_all), sql.Identifier(ROW), sql.Identifier(_BAD)))
+        _execute(connection, sql.SQL("ALTER TABLE pg_temp.{} RENAME TO {}").format(sql.Identifier(typed_all), sql.Identifier(table)))
+        rows = total
     if not allow_shrink:
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
     return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=total - rows)
@@ -331,22 +337,29 @@ class _Typing:
         return [(label, sql.SQL(" OR ").join(predicates) if len(predicates) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(predicates)))
                 for label, predicates in found.items()]
 
-    def _completed_text(self, column) -> sql.Composable:
-        """The column's trimmed source text, padded and filled as declared (sql_typing.completed)."""
-        fill = self.spec.base[column.rules.fill_from].source_field if column.rules.fill_from else None
-        return completed(trimmed(sql.Identifier(column.source_field)), column.rules, trimmed(sql.Identifier(fill)) if fill else None)
+    def _completed_text(self, i: int, column) -> sql.Composable:
+        """The column's trimmed source text t_i, padded and filled as declared (sql_typing.completed)."""
+        fill = self.spec.base.column_names.index(column.rules.fill_from) if column.rules.fill_from else None
+        return completed(self._text(i), column.rules, self._text(fill) if fill is not None else None)
 
     def _prepared(self, i: int) -> sql.Identifier:
         return sql.Identifier(f"n{i}")
 
     def typed_rows(self) -> sql.Composed:
-        """Every staged row: its position, t_i (trimmed text) and v_i (typed value, NULL when not valid)."""
+        """Every staged row: its position, t_i (trimmed text) and v_i (typed value, NULL when not valid).
+
+        Three levels, each fenced: trim each value once (t_i), prepare it for its type (n_i: padded,
+        filled, dates rewritten to ISO order), then validate and cast (v_i). A level refers to the
+        one below by name, so no expression is evaluated twice per row.
+        """
+        trim = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(trimmed(sql.Identifier(column.source_field)), self._text(i))
+            for i, column in enumerate(self.columns)
+        )
+        texts = sql.SQL(", ").join(self._text(i) for i in range(len(self.columns)))
         inner = sql.SQL(", ").join(
-            sql.SQL("{t} AS {ti}, {prepared} AS {ni}").format(
-                t=trimmed(sql.Identifier(column.source_field)),
-                ti=self._text(i),
-                prepared=rule(column.type).prepare(self._completed_text(column)),
-                ni=self._prepared(i),
+            sql.SQL("{prepared} AS {ni}").format(
+                prepared=rule(column.type).prepare(self._completed_text(i, column)), ni=self._prepared(i)
             )
             for i, column in enumerate(self.columns)
         )
@@ -359,9 +372,10 @@ class _Typing:
             )
             for i, column in enumerate(self.columns)
         )
-        return sql.SQL("SELECT {row}, {outer} FROM (SELECT {row}, {inner} FROM pg_temp.{staging} OFFSET 0) AS prepared").format(
-            row=sql.Identifier(ROW), outer=outer, inner=inner, staging=sql.Identifier(self.staging)
-        )
+        return sql.SQL(
+            "SELECT {row}, {outer} FROM (SELECT {row}, {texts}, {inner} FROM "
+            "(SELECT {row}, {trim} FROM pg_temp.{staging} OFFSET 0) AS trimmed OFFSET 0) AS prepared"
+        ).format(row=sql.Identifier(ROW), outer=outer, texts=texts, inner=inner, trim=trim, staging=sql.Identifier(self.staging))
 
     def create_all(self, table: str) -> sql.Composed:
         """Every row typed, with a flag for any problem (the counts per problem are only needed on failure)."""
@@ -369,9 +383,19 @@ class _Typing:
             sql.SQL("{} AS {}").format(self._value(i), sql.Identifier(column.name)) for i, column in enumerate(self.columns)
         )
         any_problem = sql.SQL(" OR ").join(predicate for _, predicate in self.problems()) if self.problems() else sql.SQL("false")
-        return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {}, {}, {} AS {} FROM ({}) AS typed").format(
+        # Fenced too: the problem predicates read v_i, which would otherwise be computed again for each.
+        return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {}, {}, {} AS {} FROM ({} OFFSET 0) AS typed").format(
             sql.Identifier(table), sql.Identifier(ROW), named, any_problem, sql.Identifier(_BAD), self.typed_rows()
         )
+
+    def repeats_a_key(self, connection: adbc.Connection, typed_all: str) -> bool:
+        """Whether any key appears twice among the typed rows (always false without a key)."""
+        if not self.spec.base.key:
+            return False
+        key = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.key))
+        return bool(_execute(connection, sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_temp.{} GROUP BY {} HAVING count(*) > 1)"
+        ).format(sql.Identifier(typed_all), key))[0][0])
 
     def create_unique(self, table: str, typed_all: str) -> sql.Composed:
         """One row per key: the last delivered (the highest position), as a full refresh of the source says."""

@@ -132,7 +132,8 @@ RULES: dict[WarehouseType, TypeRule] = {
         TypeRule(
             "BIGINT",
             "not a whole number in the BIGINT range",
-            "({n} ~ '^[+-]?[0-9]+$' AND pg_input_is_valid({n}, 'bigint'))",
+            # At most 18 characters always fits (|n| < 10^18 < 2^63): only longer ones need Postgres' own check.
+            "({n} ~ '^[+-]?[0-9]+$' AND (length({n}) <= 18 OR pg_input_is_valid({n}, 'bigint')))",
             "{n}::bigint",
         ),
         TypeRule("NUMERIC", "not a number", f"({_DECIMAL})", "{n}::numeric"),
