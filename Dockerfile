@@ -24,8 +24,11 @@ RUN pip install --no-deps . \
     && mkdir -p "$DAGSTER_HOME/storage" \
     && chown -R dagster "$DAGSTER_HOME"
 
-# The instance (Postgres storage, daemon scheduler, run queue) and the workspace (the code server).
-COPY dagster.yaml workspace.yaml /opt/dagster/dagster_home/
+# The instance (daemon scheduler, run queue, monitoring, retries) with the deployment's Postgres
+# storage appended, and the workspace (the code server).
+COPY dagster.yaml workspace.yaml docker/dagster-storage.yaml /opt/dagster/dagster_home/
+RUN cat /opt/dagster/dagster_home/dagster-storage.yaml >> /opt/dagster/dagster_home/dagster.yaml \
+    && rm /opt/dagster/dagster_home/dagster-storage.yaml
 COPY docker/refuse-example-passwords.sh /usr/local/bin/
 USER dagster
 WORKDIR /opt/dagster/dagster_home

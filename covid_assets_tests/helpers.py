@@ -27,6 +27,14 @@ COVID_SELECTION = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
 
 __all__ = ["COVID_SELECTION", "SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
 
+REPO = Path(__file__).parents[1]
+
+
+def deployment_instance(dagster_yaml: Path = REPO / "dagster.yaml", storage: Path = REPO / "docker" / "dagster-storage.yaml") -> str:
+    """dagster.yaml as the image installs it in DAGSTER_HOME: the instance policy with the deployment's
+    Postgres storage appended (the Dockerfile's `cat ... >>`)."""
+    return dagster_yaml.read_text() + storage.read_text()
+
 
 # ------------------------------------------------------------------------------- Postgres
 def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:

@@ -19,7 +19,7 @@ import requests
 
 LOCATION = "covid_assets"
 # A local instance: runs launched from the UI start at once (an empty config would queue them
-# for a dagster-daemon); no telemetry. Not the repo's dagster.yaml, which wants a Postgres.
+# for a dagster-daemon); no telemetry.
 IMMEDIATE_RUNS_INSTANCE = (
     "run_coordinator:\n"
     "  module: dagster._core.run_coordinator\n"

@@ -41,7 +41,7 @@ from packaging.utils import canonicalize_name
 from psycopg import sql
 
 from covid_assets.assets.tables import RAW_SCHEMA, SCHEMA
-from covid_assets_tests.helpers import SNAPSHOT, TABLES, create_database, drop_database, from_file, materialize_all
+from covid_assets_tests.helpers import SNAPSHOT, TABLES, create_database, deployment_instance, drop_database, from_file, materialize_all
 
 REPO = Path(__file__).parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -70,6 +70,7 @@ class DeploymentFiles:
     env_example: Path
     dagster_yaml: Path
     workspace: Path
+    instance_storage: Path | None = None  # the deployment's storage, appended to dagster.yaml by the image
     gitignore: Path | None = None
     dockerignore: Path | None = None
     code_dir: Path | None = None  # the Python package whose environment variables the code server must get
@@ -84,6 +85,7 @@ class DeploymentFiles:
             env_example=root / ".env.example",
             dagster_yaml=root / "dagster.yaml",
             workspace=root / "workspace.yaml",
+            instance_storage=root / "docker" / "dagster-storage.yaml",
             gitignore=root / ".gitignore",
             dockerignore=root / ".dockerignore",
             code_dir=root / "covid_assets",
@@ -247,6 +249,22 @@ def read_dockerfile(path: Path) -> Dockerfile:
         elif instruction == "ENTRYPOINT":
             entrypoint = json.loads(rest) if rest.startswith("[") else ["/bin/sh", "-c", rest]
     return Dockerfile(env, workdir, copies, sources, runs, entrypoint)
+
+
+def installed_instance(files: DeploymentFiles) -> str:
+    """dagster.yaml as the image installs it: with the deployment's storage appended."""
+    if files.instance_storage is None:
+        return files.dagster_yaml.read_text()
+    return deployment_instance(files.dagster_yaml, files.instance_storage)
+
+
+def appends_storage(dockerfile: Dockerfile, dagster_home: str, storage_name: str) -> bool:
+    """The storage file is copied into DAGSTER_HOME and a RUN appends it to dagster.yaml there."""
+    home = dagster_home.rstrip("/")
+    copied = dockerfile.copies.get(storage_name)
+    return copied == f"{home}/{storage_name}" and any(
+        re.search(rf"cat\s+{re.escape(copied)}\s*>>\s*{re.escape(home)}/dagster\.yaml", run) for run in dockerfile.runs
+    )
 
 
 def ignores(ignore_file: Path, name: str) -> bool:
@@ -478,7 +496,7 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
     compose = interpolate(raw_compose, dotenv, "docker-compose.yml", references)
     services: dict[str, dict] = compose.get("services") or {}
     raw_services: dict[str, dict] = raw_compose.get("services") or {}
-    dagster_config = yaml.safe_load(files.dagster_yaml.read_text()) or {}
+    dagster_config = yaml.safe_load(installed_instance(files)) or {}
     workspace = yaml.safe_load(files.workspace.read_text()) or {}
     dockerfile = read_dockerfile(files.dockerfile)
     envs = {name: service_environment(service) for name, service in services.items()}
@@ -513,6 +531,11 @@ def check_deployment(files: DeploymentFiles) -> list[str]:
         problems.append("Dockerfile sets no DAGSTER_HOME, so the Dagster services would not find dagster.yaml")
     elif dagster_services and dockerfile.copies.get(files.dagster_yaml.name) != f"{dagster_home.rstrip('/')}/{files.dagster_yaml.name}":
         problems.append(f"Dockerfile does not copy {files.dagster_yaml.name} into DAGSTER_HOME ({dagster_home})")
+    elif dagster_services and files.instance_storage is not None and not appends_storage(dockerfile, dagster_home, files.instance_storage.name):
+        problems.append(
+            f"Dockerfile does not append {files.instance_storage.name} to dagster.yaml in DAGSTER_HOME ({dagster_home}): "
+            "the Dagster services would keep their runs in SQLite inside the container"
+        )
     dagster_vars = env_references(dagster_config)
     for service in dagster_services:
         for path, name in dagster_vars.items():
@@ -793,7 +816,7 @@ def test_the_checker_sees_what_compose_will_run() -> None:
     assert roles.database_owners == {"dagster": "dagster", "covid": "postgres"} and roles.schema_owners == dict.fromkeys(WAREHOUSE_SCHEMAS, "covid_pipeline")
     assert Grant({"SELECT"}, "TABLES (default privileges)", list(WAREHOUSE_SCHEMAS), ["covid_reader"], "covid_pipeline") in roles.grants
     assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
-    assert env_references(yaml.safe_load(files.dagster_yaml.read_text()))["storage.postgres.postgres_db.password"] == "DAGSTER_PG_PASSWORD"
+    assert env_references(yaml.safe_load(installed_instance(files)))["storage.postgres.postgres_db.password"] == "DAGSTER_PG_PASSWORD"
     image = read_dockerfile(files.dockerfile)
     assert image.env["DAGSTER_HOME"] == "/opt/dagster/dagster_home" == image.workdir
     assert image.copies["workspace.yaml"] == "/opt/dagster/dagster_home/workspace.yaml"
@@ -813,7 +836,7 @@ MISTAKES = {
         "reads DAGSTER_PG_PASSWORD, but docker-compose.yml does not give daemon DAGSTER_PG_PASSWORD",
     ),
     "dagster.yaml reads a variable nobody sets": (
-        "dagster.yaml", "env: DAGSTER_PG_DB", "env: DAGSTER_PG_DATABASE", "reads DAGSTER_PG_DATABASE, but docker-compose.yml does not give webserver",
+        "docker/dagster-storage.yaml", "env: DAGSTER_PG_DB", "env: DAGSTER_PG_DATABASE", "reads DAGSTER_PG_DATABASE, but docker-compose.yml does not give webserver",
     ),
     ".env.example lacks a required variable": (".env.example", "DAGSTER_PG_USER=dagster\n", "", ".env.example does not set DAGSTER_PG_USER"),
     ".env.example leaves a required variable empty": (".env.example", "DAGSTER_PG_PASSWORD=change-me", "DAGSTER_PG_PASSWORD=", "requires a non-empty DAGSTER_PG_PASSWORD"),
@@ -975,6 +998,10 @@ MISTAKES = {
         "docker-compose.yml", '"dagster-webserver", "-h", "0.0.0.0"', '"dagster-webserver", "-h", "127.0.0.1"', "so its published port answers nothing",
     ),
     "Dockerfile does not copy the workspace": ("Dockerfile", "COPY dagster.yaml workspace.yaml", "COPY dagster.yaml", "does not copy it there"),
+    "Dockerfile does not add the deployment's storage": (
+        "Dockerfile", "RUN cat /opt/dagster/dagster_home/dagster-storage.yaml >> /opt/dagster/dagster_home/dagster.yaml \\\n    && ",
+        "RUN ", "does not append dagster-storage.yaml to dagster.yaml",
+    ),
     "Dockerfile has no DAGSTER_HOME": ("Dockerfile", "    DAGSTER_HOME=/opt/dagster/dagster_home\n", "    PIP_ROOT_USER_ACTION=ignore\n", "sets no DAGSTER_HOME"),
     ".env committed": (".gitignore", "\n.env\n", "\n", ".gitignore does not ignore .env"),
     ".env sent to the builder": (".dockerignore", "\n.env\n", "\n", ".dockerignore does not exclude .env"),
@@ -987,7 +1014,7 @@ def deployment_copy(tmp_path: Path) -> Iterator[DeploymentFiles]:
     (root / "docker" / "postgres").mkdir(parents=True)
     for name in ("docker-compose.yml", "Dockerfile", ".env.example", "dagster.yaml", "workspace.yaml", ".gitignore", ".dockerignore", "pyproject.toml"):
         shutil.copyfile(REPO / name, root / name)
-    for name in ("postgres/init-warehouse.sh", "refuse-example-passwords.sh", "constraints.txt"):
+    for name in ("postgres/init-warehouse.sh", "refuse-example-passwords.sh", "constraints.txt", "dagster-storage.yaml"):
         shutil.copyfile(REPO / "docker" / name, root / "docker" / name)
     shutil.copytree(REPO / "covid_assets", root / "covid_assets", ignore=shutil.ignore_patterns("*.gz", "__pycache__"))
     yield DeploymentFiles.in_directory(root)

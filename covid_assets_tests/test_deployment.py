@@ -1,7 +1,8 @@
 """The deployment, proven with the real processes: no Docker, but everything else as Compose runs it.
 
-A Postgres on TCP (the committed dagster.yaml takes host/port/user/password, so a Unix socket will
-not do), the committed dagster.yaml as the instance (its DAGSTER_PG_* pointing at a fresh database),
+A Postgres on TCP (the deployment's storage takes host/port/user/password, so a Unix socket will
+not do), the instance the image installs (the committed dagster.yaml with docker/dagster-storage.yaml
+appended, its DAGSTER_PG_* pointing at a fresh database),
 the committed workspace.yaml with the code server's host and port swapped for a free local port, and
 the three commands of docker-compose.yml (`dagster code-server start`, `dagster-webserver`,
 `dagster-daemon run`) with the environment Compose gives each of them. Then:
@@ -43,7 +44,7 @@ from psycopg import sql
 
 from covid_assets.assets.tables import SOURCE_ASSET_KEY
 from covid_assets.storage.warehouse import libpq_url
-from covid_assets_tests.helpers import SNAPSHOT, free_port, query
+from covid_assets_tests.helpers import SNAPSHOT, deployment_instance, free_port, query
 from covid_assets_tests.services import (
     ASSET_GRAPH_QUERY,
     LAUNCH_MUTATION,
@@ -246,10 +247,10 @@ def test_real_processes_materialize_and_schedule(tcp_postgres: TcpPostgres, tmp_
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     dagster_url, warehouse_url = tcp_postgres.url(dagster_db), tcp_postgres.url(warehouse_db)
 
-    # DAGSTER_HOME as in the image: the committed dagster.yaml, and workspace.yaml beside it.
+    # DAGSTER_HOME as in the image: dagster.yaml with the deployment's storage, and workspace.yaml beside it.
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    (home / "dagster.yaml").write_text(deployment_instance())
     (tmp_path / "logs").mkdir()
     processes = Processes(tmp_path / "logs")
 
