@@ -1102,3 +1102,25 @@ def test_the_init_script_gives_each_role_what_its_job_needs(postgres_server_url:
         with psycopg.connect(postgres_server_url, autocommit=True) as conn:
             for name in roles.values():
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+# --------------------------------------------------------------------------- CI runs what the README says
+def readme_quick_start_commands(readme: Path) -> dict[str, str]:
+    """The Quick start's commands, by what their comment says they do ("the test suite" -> `./dev test`)."""
+    section = readme.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    commands = {}
+    for line in filter(None, map(str.strip, block.splitlines())):
+        command, _, comment = line.partition("#")
+        commands[comment.strip()] = command.strip()
+    return commands
+
+
+def test_ci_runs_the_readme_test_command_and_installs_nothing_by_hand() -> None:
+    """.ci/run ends in exactly the README's test command; before it, it only installs Chromium for the
+    browser test (through apt-get, when missing): no pip, no venv, no database set up by hand."""
+    test_command = next(command for said, command in readme_quick_start_commands(REPO / "README.md").items() if "test suite" in said)
+    script = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert script[-1] == f"exec {test_command}", script[-1]
+    by_hand = [line for line in script[:-1] if re.search(r"\b(pip|venv|virtualenv|pgserver|initdb|pg_ctl|psql|dagster|dg|pytest)\b", line)]
+    assert not by_hand, by_hand
