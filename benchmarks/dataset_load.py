@@ -74,27 +74,38 @@ def write_export(rows: int, path: Path) -> None:
         pa_csv.write_csv(table, sink)
 
 
-def child(url: str, export: str) -> None:
-    """One load, as a run does it (one transaction on one ADBC connection); prints its phases as JSON."""
+def timed_load(url: str, spec, pages, *, allow_shrink: bool = False, keep_history: bool = True, phases: dict[str, float]):
+    """land, gate, publish raw, merge, commit on one ADBC connection, as a run's step does; `phases`
+    gets each one's seconds (land with the connect). Returns the landing and the merge's counts."""
     import adbc_driver_postgresql.dbapi as adbc
 
     from covid_assets.datasets import load
+
+    started = time.perf_counter()
+
+    def done(phase: str) -> None:
+        phases[phase] = time.perf_counter() - started - sum(phases.values())
+
+    with adbc.connect(url) as connection:
+        landing = load.land(connection, spec, pages, dt.datetime.now(dt.timezone.utc))
+        done("land")
+        checked = load.gate(connection, spec, landing, allow_shrink=allow_shrink, max_shrink_fraction=0.05)
+        done("gate")
+        load.publish_raw(connection, spec, landing)
+        done("publish_raw")
+        counts = load.merge_base(connection, spec, checked, keep_history=keep_history)
+        done("merge_base")
+        connection.commit()
+        done("commit")
+    return landing, counts
+
+
+def child(url: str, export: str) -> None:
+    """One load, as a run does it (one transaction on one ADBC connection); prints its phases as JSON."""
     from covid_assets.datasets.pages import export_pages
 
-    spec = covid_shaped_spec()
     phases: dict[str, float] = {}
-    started = time.perf_counter()
-    with adbc.connect(url) as connection:
-        landing = load.land(connection, spec, export_pages(export), dt.datetime.now(dt.timezone.utc))
-        phases["land"] = time.perf_counter() - started
-        checked = load.gate(connection, spec, landing, allow_shrink=False, max_shrink_fraction=0.05)
-        phases["gate"] = time.perf_counter() - started - sum(phases.values())
-        load.publish_raw(connection, spec, landing)
-        phases["publish_raw"] = time.perf_counter() - started - sum(phases.values())
-        counts = load.merge_base(connection, spec, checked)
-        phases["merge_base"] = time.perf_counter() - started - sum(phases.values())
-        connection.commit()
-        phases["commit"] = time.perf_counter() - started - sum(phases.values())
+    landing, counts = timed_load(url, covid_shaped_spec(), export_pages(export), phases=phases)
     print(json.dumps({
         "rows": landing.rows,
         "counts": counts.__dict__,
@@ -115,8 +126,7 @@ def main(sizes: list[int]) -> None:
         for rows in sizes:
             export = Path(scratch) / f"synthetic_{rows}.csv.gz"
             write_export(rows, export)
-            name, url = postgres.create("dataset_load")
-            try:
+            with postgres.fresh("dataset_load") as url:
                 for attempt in ("first load", "same again"):
                     result = run_process([sys.executable, __file__, "--child", url, str(export)], env, timeout_s=3600)
                     if result.returncode:
@@ -128,8 +138,6 @@ def main(sizes: list[int]) -> None:
                         f"(export {export.stat().st_size / 2**20:.0f} MB gz); phases {report['phases']}; {report['counts']}",
                         flush=True,
                     )
-            finally:
-                postgres.drop(name)
     if len(sizes) == 2:
         small, large = sizes
         for attempt in ("first load", "same again"):

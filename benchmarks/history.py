@@ -25,7 +25,6 @@ The warehouse is a throwaway embedded Postgres, or `COVID_BENCH_DB_URL`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import time
@@ -42,15 +41,17 @@ import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from benchmarks.dataset import generate  # noqa: E402
-from benchmarks.dataset_load import covid_shaped_spec  # noqa: E402
+from benchmarks.dataset_load import covid_shaped_spec, timed_load  # noqa: E402
 from benchmarks.pg import Postgres  # noqa: E402
 from covid_assets.datasets import load  # noqa: E402
+from covid_assets.datasets.history import HistoryNames  # noqa: E402
 
 PAGE_ROWS = 50_000
 REVISED_SHARE = 0.01
 COUNTS = ("new_results_reported", "total_results_reported")
 SPEC = covid_shaped_spec()
-BASE, HISTORY, LOADS = "synthetic.test_results", "synthetic.test_results_history", "synthetic.loads"
+NAMES = HistoryNames.of(SPEC.base)
+BASE, HISTORY, LOADS, AS_OF, AT_LOAD = (name.as_string() for name in (NAMES.base, NAMES.history, NAMES.loads, NAMES.as_of, NAMES.at_load))
 
 
 # ----------------------------------------------------------------------------- deliveries
@@ -80,19 +81,13 @@ def yesterday(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- one load
 def run_load(url: str, frame: pd.DataFrame, *, keep_history: bool, phases: dict[str, float] | None = None) -> load.MergeCounts:
-    """land, gate, publish, merge, commit on one connection, as a run's step does; `phases` gets the seconds."""
-    started = time.perf_counter()
-    with adbc.connect(url) as connection:
-        landing = load.land(connection, SPEC, pages(frame), dt.datetime.now(dt.timezone.utc))
-        checked = load.gate(connection, SPEC, landing, allow_shrink=True, max_shrink_fraction=0.05)
-        load.publish_raw(connection, SPEC, landing)
-        merging = time.perf_counter()
-        counts = load.merge_base(connection, SPEC, checked, keep_history=keep_history)
-        connection.commit()
-        done = time.perf_counter()
+    """land, gate, publish, merge, commit on one connection, as a run's step does; `phases` gets the
+    base-table write (merge + commit) and the whole load's seconds."""
+    each: dict[str, float] = {}
+    _, counts = timed_load(url, SPEC, pages(frame), allow_shrink=True, keep_history=keep_history, phases=each)
     if phases is not None:
-        phases["write"] = done - merging
-        phases["load"] = done - started
+        phases["write"] = each["merge_base"] + each["commit"]
+        phases["load"] = sum(each.values())
     return counts
 
 
@@ -162,15 +157,15 @@ def history_after_loads(pg: Postgres, frame: pd.DataFrame, loads: int, reps: int
         past = 1 + loads // 2
         committed_at = scalar(url, f"SELECT committed_at::text FROM {LOADS} WHERE load_id = {past}")
         base_s, base_rows = fetch_seconds(url, f"SELECT * FROM {BASE}", reps)
-        as_of_s, as_of_rows = fetch_seconds(url, f"SELECT * FROM synthetic.test_results_as_of('{committed_at}')", reps)
-        at_load_s, at_load_rows = fetch_seconds(url, f"SELECT * FROM synthetic.test_results_at_load({past})", reps)
+        as_of_s, as_of_rows = fetch_seconds(url, f"SELECT * FROM {AS_OF}('{committed_at}')", reps)
+        at_load_s, at_load_rows = fetch_seconds(url, f"SELECT * FROM {AT_LOAD}({past})", reps)
         print(f"\n2. as-of reads after {loads} loads (the table as of load {past} of {loads + 1})")
         print(f"   base table          {base_s:.3f} s ({base_rows:,} rows)")
         print(f"   _as_of(committed)   {as_of_s:.3f} s ({as_of_rows:,} rows) = {as_of_s / base_s:.2f}x base   target <= 2x  "
               f"{'PASS' if as_of_s <= 2 * base_s else 'MISS'}")
         print(f"   _at_load({past})       {at_load_s:.3f} s ({at_load_rows:,} rows) = {at_load_s / base_s:.2f}x base   target <= 2x  "
               f"{'PASS' if at_load_s <= 2 * base_s else 'MISS'}")
-        print("   plan of the _as_of read:\n" + plan(url, f"SELECT * FROM synthetic.test_results_as_of('{committed_at}')"))
+        print("   plan of the _as_of read:\n" + plan(url, f"SELECT * FROM {AS_OF}('{committed_at}')"))
 
         versions = scalar(url, f"SELECT count(*) FROM {HISTORY}")
         changed = int(scalar(url, f"SELECT sum(rows_added + rows_revised)::bigint FROM {LOADS} WHERE load_id > 1"))
@@ -180,7 +175,7 @@ def history_after_loads(pg: Postgres, frame: pd.DataFrame, loads: int, reps: int
               f"target <= {bound_rows:,.0f}  {'PASS' if versions <= bound_rows else 'MISS'}")
         for name in (BASE, HISTORY):
             heap, indexes = (scalar(url, f"SELECT pg_{kind}_size('{name}')") for kind in ("table", "indexes"))
-            print(f"   {name:<32} table {heap / 2**20:5.1f} MB, indexes {indexes / 2**20:5.1f} MB "
+            print(f"   {name:<36} table {heap / 2**20:5.1f} MB, indexes {indexes / 2**20:5.1f} MB "
                   f"({heap / (versions if name == HISTORY else base_rows):.0f} bytes a row)")
 
 

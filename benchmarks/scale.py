@@ -21,12 +21,14 @@ from pathlib import Path
 from benchmarks.measure import Timing, clean_env, run_process
 from benchmarks.report import Row
 from benchmarks.sections import REPO, Bench, BenchmarkError, table_counts, verdict
+from benchmarks.scale_location import spec
 from benchmarks.server import ServerProcess
+from covid_assets.datasets.component import base_url_env, job_name, load_step_name
 
-JOB = "refresh_synthetic_pcr"
-BASE_URL_ENV = "SOCRATA_BASE_URL_SYNTHETIC_PCR"
-TABLES = ["bench_raw.raw_synthetic_pcr", "bench.synthetic_pcr"]
-RUN_CONFIG = {"ops": {"load_synthetic_pcr": {"config": {"skip_if_unchanged": False}}}}
+JOB = job_name(spec)
+BASE_URL_ENV = base_url_env(spec.name)
+TABLES = [spec.raw.qualified_name, spec.base.qualified_name]
+RUN_CONFIG = {"ops": {load_step_name(spec): {"config": {"skip_if_unchanged": False}}}}
 SCALE_ROWS = 2_500_000
 MAX_RSS_MB = 400
 MAX_RSS_GROWTH = 1.3

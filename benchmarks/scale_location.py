@@ -3,13 +3,11 @@ the project's resources, built exactly as the SocrataDataset component builds a 
 
 from pathlib import Path
 
-import yaml
 from dagster import Definitions, in_process_executor
 
 from covid_assets.datasets.component import dataset_definitions
-from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.datasets.declaration import load_declaration
 from covid_assets.resources import build_resources
 
-DECLARATION = Path(__file__).parent / "scale" / "defs.yaml"
-spec = DatasetDeclaration.model_validate(yaml.safe_load(DECLARATION.read_text())["attributes"]).to_spec(DECLARATION)
+spec = load_declaration(Path(__file__).parent / "scale" / "defs.yaml")
 defs = Definitions.merge(dataset_definitions(spec), Definitions(resources=build_resources(), executor=in_process_executor))

@@ -27,7 +27,7 @@ from benchmarks.measure import Timing, clean_env, repeat, run_process
 from benchmarks.pg import Postgres
 from benchmarks.report import Row
 from benchmarks.server import ServerProcess
-from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, PRIMARY_KEY, TABLE_ASSET_KEYS
+from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, COVID_SELECTION, PRIMARY_KEY
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -39,9 +39,7 @@ from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTa
 from covid_assets.storage.postgres_io import PandasArrowTypeHandler, PostgresClient, to_postgres_arrow
 
 REPO = Path(__file__).resolve().parents[1]
-# The COVID tables (the code location also holds the declared datasets, fetched from their own domains).
-COVID_TABLES = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
-MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", COVID_TABLES]
+MATERIALIZE_ALL = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "covid_assets.definitions", "--select", COVID_SELECTION]
 
 
 class Deployment:

@@ -30,14 +30,13 @@ from dagster import (
     map_asset_specs,
 )
 
-from covid_assets.assets.tables import SOURCE_ASSET_KEY
 from covid_assets.settings import env_float
 
 FRESHNESS_HOURS_ENV = "COVID_FRESHNESS_HOURS"
 DEFAULT_FRESHNESS_HOURS = 26.0  # a daily run, plus slack for a late or slow one
 SOURCE_STALE_DAYS_ENV = "COVID_SOURCE_STALE_DAYS"
 DEFAULT_SOURCE_STALE_DAYS = 14.0
-SOURCE_STALENESS_CHECK = AssetCheckKey(SOURCE_ASSET_KEY, "publisher_updated_recently")
+STALENESS_CHECK = "publisher_updated_recently"  # the warning check of every observed source
 # Where a confirmation says which run last wrote the rows it confirms.
 LOADED_BY_RUN = "loaded_by_run"
 # Dagster's data-version provenance on a materialization (dagster/_core/definitions/data_version.py).
@@ -119,11 +118,11 @@ def source_stale_days(environ: Mapping[str, str] | None = None) -> float:
 
 
 def staleness_check_key(source_key: AssetKey) -> AssetCheckKey:
-    return AssetCheckKey(source_key, SOURCE_STALENESS_CHECK.name)
+    return AssetCheckKey(source_key, STALENESS_CHECK)
 
 
 def source_staleness(
-    rows_updated_at: int | None, now: dt.datetime, stale_days: float, source_key: AssetKey = SOURCE_ASSET_KEY
+    rows_updated_at: int | None, now: dt.datetime, stale_days: float, source_key: AssetKey
 ) -> AssetCheckEvaluation:
     """A warning with the publisher's last update and its age when older than `stale_days`.
 
@@ -155,7 +154,7 @@ def source_staleness(
 def _staleness(source_key: AssetKey, passed: bool, metadata: dict[str, object]) -> AssetCheckEvaluation:
     return AssetCheckEvaluation(
         asset_key=source_key,
-        check_name=SOURCE_STALENESS_CHECK.name,
+        check_name=STALENESS_CHECK,
         passed=passed,
         severity=AssetCheckSeverity.WARN,
         metadata=metadata,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 from covid_assets.assets.tables import COVID, TABLE_ASSET_KEYS
-from covid_assets.datasets.component import scheduled_run_config
+from covid_assets.datasets.component import SCHEDULES_ENABLED_ENV, scheduled_run_config
 from covid_assets.settings import env_flag, env_float
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
@@ -52,7 +52,7 @@ def daily_refresh_schedule(job: "UnresolvedAssetJobDefinition") -> ScheduleDefin
         cron_schedule=os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
         execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
         run_config=SCHEDULED_RUN_CONFIG,
-        default_status=DefaultScheduleStatus.RUNNING if env_flag("COVID_SCHEDULE_ENABLED") else DefaultScheduleStatus.STOPPED,
+        default_status=DefaultScheduleStatus.RUNNING if env_flag(SCHEDULES_ENABLED_ENV) else DefaultScheduleStatus.STOPPED,
         description=(
             "Refreshes every table once a day. The rows carry no updated-at column, so a run that finds the "
             "source changed reloads it whole; when rowsUpdatedAt, count(*) and the content hash say nothing "

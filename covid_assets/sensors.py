@@ -18,13 +18,12 @@ from dagster import SensorDefinition
 
 from covid_assets.assets.tables import COVID
 from covid_assets.datasets.component import dataset_sensor
-from covid_assets.settings import env_flag, env_float
+from covid_assets.settings import env_float
 
 POLL_ENV = "COVID_SOURCE_POLL_MINUTES"
 DEFAULT_POLL_MINUTES = 60.0
-ENABLED_ENV = "COVID_SOURCE_SENSOR_ENABLED"
 
 
 def source_sensor(job) -> SensorDefinition:
     minutes = env_float(POLL_ENV, DEFAULT_POLL_MINUTES, minimum=1 / 60, maximum=7 * 24 * 60)
-    return dataset_sensor(COVID, job, minutes, name="socrata_source_sensor", enabled=env_flag(ENABLED_ENV), poll_setting=f" ({POLL_ENV})")
+    return dataset_sensor(COVID, job, minutes, name="socrata_source_sensor", poll_setting=f" ({POLL_ENV})")

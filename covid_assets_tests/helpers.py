@@ -13,17 +13,13 @@ import psycopg
 from psycopg import sql
 
 from covid_assets.assets.tables import ALL_TABLES as TABLES
-from covid_assets.assets.tables import TABLE_ASSET_KEYS
+from covid_assets.assets.tables import COVID_SELECTION
 from covid_assets.sources.socrata import SocrataSource, SocrataTarget
 from covid_assets.storage.warehouse import DATABASE_PART_ENV
 
 # The bundled real snapshot (provenance in covid_assets/data/README.md).
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 SNAPSHOT_ROWS = 57_459
-
-# The COVID pipeline's seven tables for `dagster asset materialize --select` (the declared datasets
-# in covid_assets/defs/ have their own sources and are left out).
-COVID_SELECTION = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
 
 __all__ = ["COVID_SELECTION", "SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
 

@@ -18,7 +18,6 @@ import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
 import pyarrow as pa
 import pytest
-import yaml
 
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
@@ -40,7 +39,7 @@ from covid_assets.assets.tables import (
 from covid_assets.datasets import load
 from covid_assets.datasets.component import check_queries, row_count_check_name
 from covid_assets.datasets.dataset_spec import DatasetSpec
-from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.datasets.declaration import load_declaration
 from covid_assets_tests.helpers import SNAPSHOT, query
 
 DECLARATION = Path(__file__).parents[1] / "covid_assets" / "defs" / "covid_pcr_testing" / "defs.yaml"
@@ -59,7 +58,7 @@ ROW = {
 
 @pytest.fixture(scope="module")
 def spec() -> DatasetSpec:
-    return DatasetDeclaration.model_validate(yaml.safe_load(DECLARATION.read_text())["attributes"]).to_spec(DECLARATION)
+    return load_declaration(DECLARATION)
 
 
 @pytest.fixture

@@ -525,14 +525,14 @@ def test_a_json_array_export_pages_and_keeps_non_string_values_as_json(tmp_path:
 
 
 def test_api_pages_stream_into_the_warehouse(connection, warehouse_url: str) -> None:
-    from covid_assets.datasets.pages import api_pages
     from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTarget
     from covid_assets_tests.support.fake_socrata import FakeSocrata
 
     rows = [{k: v for k, v in row.items() if v != ""} for row in cdc_rows()]  # the API leaves out empty fields
     with FakeSocrata(rows, max_limit=500, dataset_id="9mfq-cb36") as server:
         client = SocrataClient(SocrataTarget(base_url=server.base_url, dataset_id="9mfq-cb36"), SocrataSource(page_size=500))
-        landing, checked, counts = load_all(connection, cdc_spec(), api_pages(client))
+        with client.plan() as plan:
+            landing, checked, counts = load_all(connection, cdc_spec(), plan.pages())
     assert (landing.rows, landing.pages, counts.added) == (len(rows), -(-len(rows) // 500), len(rows))
     file_landing = load.land(connection, cdc_spec(), export_pages(CDC_CSV), FETCHED_AT)
     assert landing.content_hash == file_landing.content_hash  # the same values, whatever the pages and the columns sent

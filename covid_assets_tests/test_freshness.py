@@ -183,9 +183,9 @@ def test_the_observation_is_rows_updated_at_and_count_and_warns_when_the_publish
         "the publisher last updated the dataset on 2023-11-14 22:13 UTC, 30.0 days ago (more than 14): "
         "the pipeline is fine, the source stopped"
     )
-    fresh = source_staleness(1_700_000_000, dt.datetime(2023, 11, 20, tzinfo=dt.UTC), 14)
+    fresh = source_staleness(1_700_000_000, dt.datetime(2023, 11, 20, tzinfo=dt.UTC), 14, COVID.source_key)
     assert fresh.passed and fresh.metadata["age_days"].value == 5.07
-    assert source_staleness(None, dt.datetime.now(dt.UTC), 14).passed
+    assert source_staleness(None, dt.datetime.now(dt.UTC), 14, COVID.source_key).passed
 
 
 def test_the_source_sensor_asks_for_one_run_per_version_and_fails_visibly_when_unreachable(rows) -> None:

@@ -50,7 +50,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from dagster import DagsterInstance
 
 from covid_assets.assets.tables import SOURCE_ASSET_KEY, TABLE_ASSET_KEYS
-from covid_assets.freshness import SOURCE_STALENESS_CHECK
+from covid_assets.freshness import STALENESS_CHECK, staleness_check_key
 from covid_assets.schedules import SCHEDULED_RUN_CONFIG
 from covid_assets_tests.support import Fault, FakeSocrata
 from covid_assets_tests.helpers import SNAPSHOT, TARGET_VARIABLES, free_port, fresh_database, table_fingerprints
@@ -347,11 +347,11 @@ def run_the_phases(d: Deployment, webhook: WebhookReceiver, box: Mailbox, log: T
     assert len(d.runs()) == 1, d.runs()
     log.add(f"{len(later)} later sensor ticks ({', '.join(t['status'] for t in later)}; '{later[-1]['skipReason']}'): no new run")
 
-    staleness = wait_for("the source staleness evaluation", lambda: d.instance().get_latest_asset_check_evaluation_record(SOURCE_STALENESS_CHECK), 30)
+    staleness = wait_for("the source staleness evaluation", lambda: d.instance().get_latest_asset_check_evaluation_record(staleness_check_key(SOURCE_ASSET_KEY)), 30)
     evaluation = staleness.event.dagster_event.event_specific_data
     assert not evaluation.passed and evaluation.severity.value == "WARN", evaluation
     assert "days ago (more than 14)" in evaluation.metadata["verdict"].value
-    log.add(f"source check {SOURCE_STALENESS_CHECK.name}: WARN, {evaluation.metadata['verdict'].value}")
+    log.add(f"source check {STALENESS_CHECK}: WARN, {evaluation.metadata['verdict'].value}")
     stale_source = wait_for("the source_stale alert", lambda: webhook.accepted("source_stale"), 30, alive=d.alive)
     warnings = wait_for("the warning_checks_failed alert", lambda: webhook.accepted("warning_checks_failed"), 30, alive=d.alive)
     assert "negative_daily_counts" in warnings[0]["text"], warnings[0]["text"]

@@ -17,7 +17,6 @@ from covid_assets.assets.tables import (
     STATE_RESULTS,
     SPEC_BY_KEY,
     TOTAL_RESULTS,
-    definition_metadata,
 )
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
@@ -35,7 +34,7 @@ def summary_asset(spec: TableSpec):
     return asset(
         key=spec.asset_key,
         ins={"base": AssetIn(key=BASE_ASSET_KEY)},
-        metadata=definition_metadata(spec),
+        metadata=spec.definition_metadata(),
         owners=OWNERS,
         group_name="reporting",
         kinds={"pandas", "postgres"},

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from covid_assets.datasets.dataset_spec import DatasetSpec
-from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.datasets.declaration import load_declaration
 from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
 
 SCHEMA = "covid_19"
@@ -24,14 +21,7 @@ OWNERS = ["team:data-platform"]
 # loaded by the generic path; the summaries below are computed from the base table.
 DECLARATION = Path(__file__).parents[1] / "defs" / "covid_pcr_testing" / "defs.yaml"
 
-
-def covid_dataset() -> DatasetSpec:
-    """The COVID dataset as its declaration resolves (read once per process: no network, a small YAML file)."""
-    attributes = yaml.safe_load(DECLARATION.read_text())["attributes"]
-    return DatasetDeclaration.model_validate(attributes).to_spec(DECLARATION)
-
-
-COVID = covid_dataset()
+COVID = load_declaration(DECLARATION)  # read once per process: no network, a small YAML file
 BASE = COVID.base
 RAW = COVID.raw
 RAW_SCHEMA = RAW.schema
@@ -130,16 +120,11 @@ TABLES = (RAW, BASE, *SUMMARIES)
 RAW_ASSET_KEY = RAW.asset_key
 BASE_ASSET_KEY = BASE.asset_key
 PRIMARY_KEY = list(BASE.key)
-SERIES_KEY = list(COVID.series_key)
-SUMMARY_ASSET_KEYS = [spec.asset_key for spec in SUMMARIES]
 TABLE_ASSET_KEYS = [spec.asset_key for spec in TABLES]
+# The seven tables for `dagster asset materialize --select` (the code location's other declared
+# datasets have their own sources and are left out).
+COVID_SELECTION = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
 SPEC_BY_KEY = {spec.asset_key: spec for spec in TABLES}
 # As analysts name them (schema.table).
 ALL_TABLES = [spec.qualified_name for spec in TABLES]
 
-
-def definition_metadata(spec: TableSpec) -> dict[str, object]:
-    """What an asset declares of its table: the key, and the column schema (types and descriptions)
-    the IO manager creates the table with and the UI shows."""
-    key = {"primary_key": list(spec.key)} if spec.key else {}
-    return {**key, "column_descriptions": spec.column_descriptions, "dagster/column_schema": spec.column_schema}

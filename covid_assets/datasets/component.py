@@ -27,7 +27,7 @@ import importlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
@@ -61,7 +61,6 @@ from dagster import (
     define_asset_job,
     multi_asset,
     multi_asset_check,
-    map_asset_specs,
     multi_observable_source_asset,
     sensor,
 )
@@ -72,14 +71,13 @@ from covid_assets.datasets.dataset_spec import DatasetSpec
 from covid_assets.datasets.declaration import DatasetDeclaration
 from covid_assets.datasets.history import checks_now, history_checks
 from covid_assets.datasets.operations import confirm_unchanged, job_tables, source_failure, wait_if_retrying
-from covid_assets.freshness import SOURCE_STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy
+from covid_assets.freshness import STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy, with_freshness_policy
 from covid_assets.settings import env_flag
-from covid_assets.sources.socrata import FetchStats, SocrataClient, SocrataError, SocrataSource, SocrataTarget, SourceSignature
+from covid_assets.sources.socrata import FetchStats, SocrataError, SocrataSource, SocrataTarget, SourceSignature
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from dagster import TableSchema
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
     from covid_assets.datasets.history import LoadOrigin
@@ -87,7 +85,6 @@ if TYPE_CHECKING:
 __all__ = ["OFFLINE_ENV", "DatasetLoadConfig", "SocrataDataset", "base_url_env", "dataset_definitions", "dataset_target"]
 
 OFFLINE_ENV = "SOCRATA_OFFLINE"  # "1": every declared dataset reads its bundled export_file
-TOKEN_ENV = "SOCRATA_APP_TOKEN"
 SCHEDULES_ENABLED_ENV = "COVID_SCHEDULE_ENABLED"
 SENSORS_ENABLED_ENV = "COVID_SOURCE_SENSOR_ENABLED"
 OBSERVE_DEADLINE_S = 8.0  # per request of an observation, so a sensor tick ends within a minute
@@ -116,39 +113,13 @@ def dataset_target(spec: DatasetSpec, environ: Mapping[str, str] | None = None) 
 
     The declaration names the variables (`environment`); a declared source-file variable that is set
     wins, then the declared export_file when SOCRATA_OFFLINE=1, else the API."""
-    environ = os.environ if environ is None else environ
-    names = spec.environment
-
-    def declared(what: str, default: str | None = None) -> str | None:
-        variable = names.get(what, default)
-        return (environ.get(variable) or None) if variable else None
-
-    source_file = declared("source_file")
-    if source_file is None and env_flag(OFFLINE_ENV, default=False, environ=environ):
+    variables = {"base_url": base_url_env(spec.name), "dataset_id": None, "source_file": None, **spec.environment}
+    target = SocrataTarget.from_env(environ, variables, base_url=spec.base_url, dataset_id=spec.dataset_id)
+    if target.source_file is None and env_flag(OFFLINE_ENV, default=False, environ=environ):
         if spec.export_file is None:
             raise Failure(f"{OFFLINE_ENV} is set but dataset {spec.name!r} declares no export_file to read offline")
-        source_file = str(spec.export_file)
-    return SocrataTarget(
-        base_url=declared("base_url", base_url_env(spec.name)) or spec.base_url,
-        dataset_id=declared("dataset_id") or spec.dataset_id,
-        app_token=environ.get(TOKEN_ENV) or None,
-        source_file=source_file,
-    )
-
-
-def dataset_client(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, **overrides: Any) -> SocrataClient:
-    """A client of the dataset with the run's knobs (`overrides` validated like the resource's config)."""
-    settings = type(socrata).model_validate({**socrata.model_dump(), **overrides}) if overrides else socrata
-    return SocrataClient(target, settings, required_columns=spec.required, protocols=socrata.protocol_choice(target))
-
-
-def read_signature(spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget, deadline_s: float | None = None) -> SourceSignature:
-    """`rowsUpdatedAt` and `count(*)`: two small requests that fail fast (the full fetch has the retries)."""
-    overrides: dict[str, Any] = {"max_retries": min(socrata.max_retries, 1)}
-    if deadline_s is not None:
-        overrides["request_deadline_s"] = min(socrata.request_deadline_s, deadline_s)
-        overrides["connect_timeout_s"] = min(socrata.connect_timeout_s, deadline_s / 2)
-    return dataset_client(spec, socrata, target, **overrides).signature()
+        target = replace(target, source_file=str(spec.export_file))
+    return target
 
 
 # ----------------------------------------------------------------------------- the definitions
@@ -166,14 +137,14 @@ class DatasetKeys:
 def dataset_definitions(spec: DatasetSpec, *, schedule: str | None = None, sensor_minutes: float | None = None) -> Definitions:
     """Everything one declared dataset produces; resources (`socrata`, `warehouse`) come from the code location."""
     job = define_asset_job(
-        name=f"refresh_{spec.name}",
+        name=job_name(spec),
         selection=AssetSelection.assets(spec.raw.asset_key, spec.base.asset_key),
         description=f"Refresh {spec.raw.qualified_name} and {spec.base.qualified_name} from {spec.domain} {spec.dataset_id}.",
     )
     schedules = [dataset_schedule(spec, job, schedule)] if schedule else []
     sensors = [dataset_sensor(spec, job, sensor_minutes)] if sensor_minutes else []
     return Definitions(
-        assets=[source_observation(spec), *map_asset_specs(lambda s: s.replace_attributes(freshness_policy=table_freshness_policy()), [load_step(spec)])],
+        assets=[source_observation(spec), *with_freshness_policy([load_step(spec)], table_freshness_policy())],
         asset_checks=[base_checks(spec)],
         jobs=[job],
         schedules=schedules,
@@ -199,7 +170,7 @@ def source_observation(spec: DatasetSpec):
         ],
         check_specs=[
             AssetCheckSpec(
-                SOURCE_STALENESS_CHECK.name,
+                STALENESS_CHECK,
                 asset=keys.source,
                 description="The publisher updated the dataset within COVID_SOURCE_STALE_DAYS (14) days. A warning: "
                 "when it fails the pipeline is fine and the source has stopped.",
@@ -247,7 +218,7 @@ def observe_source(spec: DatasetSpec, socrata: SocrataSource, now: dt.datetime |
         stat = os.stat(target.source_file)
         metadata = {"source": MetadataValue.path(target.source_file), "file_bytes": stat.st_size}
         return SourceObservation(f"file-{stat.st_size}-{stat.st_mtime_ns}", metadata, source_staleness(None, now, 0, key))
-    signature = read_signature(spec, socrata, target, OBSERVE_DEADLINE_S)
+    signature = socrata.signature(OBSERVE_DEADLINE_S, target, spec.required)
     metadata: dict[str, Any] = {"source": MetadataValue.url(target.base_url), "row_count": signature.row_count}
     if signature.rows_updated_at is not None:
         metadata["rows_updated_at"] = MetadataValue.timestamp(dt.datetime.fromtimestamp(signature.rows_updated_at, dt.UTC))
@@ -265,7 +236,7 @@ def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
         description=spec.raw.description,
         kinds={"socrata", "postgres"},
         group_name=spec.raw_group or spec.group,
-        metadata={**table_metadata(spec.raw)},
+        metadata={**spec.raw.definition_metadata(), "dagster/table_name": spec.raw.qualified_name},
         **common,
     )
     base = AssetSpec(
@@ -274,21 +245,14 @@ def table_specs(spec: DatasetSpec) -> list[AssetSpec]:
         description=spec.base.description,
         kinds={"postgres"},
         group_name=spec.base_group or spec.group,
-        metadata={**table_metadata(spec.base), "dagster/column_lineage": spec.base.column_lineage(keys.raw)},
+        metadata={
+            **spec.base.definition_metadata(),
+            "dagster/table_name": spec.base.qualified_name,
+            "dagster/column_lineage": spec.base.column_lineage(keys.raw),
+        },
         **common,
     )
     return [raw, base]
-
-
-def table_metadata(table) -> dict[str, Any]:
-    """What the UI shows of a table: its name, key, column schema and descriptions (as the IO manager's tables)."""
-    key = {"primary_key": list(table.key)} if table.key else {}
-    return {
-        **key,
-        "column_descriptions": table.column_descriptions,
-        "dagster/column_schema": table.column_schema,
-        "dagster/table_name": table.qualified_name,
-    }
 
 
 class DatasetLoadConfig(Config):
@@ -312,6 +276,10 @@ def scheduled_run_config(spec: DatasetSpec) -> dict[str, Any]:
 
 def load_step_name(spec: DatasetSpec) -> str:
     return f"load_{spec.name}"
+
+
+def job_name(spec: DatasetSpec) -> str:
+    return f"refresh_{spec.name}"
 
 
 @dataclass(frozen=True)
@@ -401,7 +369,7 @@ def load_dataset(
             "source": source_value,
             "dagster/row_count": landing.rows,
             "dagster/table_name": spec.raw.qualified_name,
-            "dagster/column_schema": written_schema(spec.raw),
+            "dagster/column_schema": spec.raw.written_column_schema,
             "preview": previews[spec.raw.name],
             **fetch.metadata(),
             **landing.metadata(),
@@ -415,7 +383,7 @@ def load_dataset(
         metadata={
             "dagster/row_count": counts.total,
             "dagster/table_name": spec.base.qualified_name,
-            "dagster/column_schema": written_schema(spec.base),
+            "dagster/column_schema": spec.base.written_column_schema,
             "preview": previews[spec.base.name],
             "rows": accepted.rows,
             "rows_added": counts.added,
@@ -437,13 +405,6 @@ def load_origin(context: AssetExecutionContext, signature: SourceSignature | Non
         rows_updated_at=None if updated is None else dt.datetime.fromtimestamp(updated, dt.UTC),
         source_file=target.source_file,
     )
-
-
-def written_schema(table) -> "TableSchema":
-    """The columns as written, with their Postgres types (as the IO manager reports a write)."""
-    from dagster import TableColumn, TableSchema
-
-    return TableSchema(columns=[TableColumn(c.name, c.type, description=c.description or None) for c in table.columns])
 
 
 def preview(connection: Any, table) -> MetadataValue:
@@ -479,7 +440,7 @@ class Fetch:
             self.stats = FetchStats(rows, pages, 0, 0, size, round(time.monotonic() - started, 3))
             return
         known_count = self.signature.row_count if self.signature else None
-        with dataset_client(self.spec, self.socrata, self.target).plan(self.progress) as plan:
+        with self.socrata.client(self.spec.required, self.target).plan(self.progress) as plan:
             yield from plan.pages(known_count)
             self.stats = plan.stats(elapsed_s=time.monotonic() - started)
 
@@ -525,7 +486,7 @@ def base_figures(spec: DatasetSpec, connection: Any) -> dict[str, Any]:
 
 def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrata: SocrataSource, target: SocrataTarget) -> SourceSignature | None:
     try:
-        return read_signature(spec, socrata, target)
+        return socrata.signature(target=target, required_columns=spec.required)
     except SocrataError as error:
         context.log.warning(f"could not read the source's rowsUpdatedAt/count ({error}); doing a full fetch")
         return None
@@ -582,7 +543,6 @@ def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
     A check's name is the declared one (`checks.names`) or its kind; a column given a name of its
     own (`allowed_values.state: states_are_known`) is a check of its own, the others share one."""
     table = sql.Identifier(spec.base.schema, spec.base.name)
-    key = sql.SQL(", ").join(map(sql.Identifier, spec.base.key))
     any_key_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in spec.base.key)
     values = spec.checks
     names = values.names
@@ -590,10 +550,9 @@ def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
         CheckQuery(
             names.get("primary_key", "primary_key"),
             f"({', '.join(spec.base.key)}) is unique and never null.",
-            sql.SQL(  # duplicate_keys: the rows beyond the first of each key
-                "SELECT (SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {t} GROUP BY {k} HAVING count(*) > 1) d) "
-                "AS duplicate_keys, (SELECT count(*) FROM {t} WHERE {n}) AS null_keys"
-            ).format(t=table, k=key, n=any_key_null),
+            sql.SQL("SELECT ({d}) AS duplicate_keys, (SELECT count(*) FROM {t} WHERE {n}) AS null_keys").format(
+                d=repeated_key_rows(table, spec.base.key), t=table, n=any_key_null
+            ),
             counts_named=True,
         )
     ]
@@ -631,6 +590,14 @@ def check_queries(spec: DatasetSpec) -> list[CheckQuery]:
             )
         )
     return checks
+
+
+def repeated_key_rows(table: sql.Composable, key: Sequence[str]) -> sql.Composed:
+    """Rows beyond the first of each key. A GROUP BY (hash aggregate) takes half the time of
+    `count(DISTINCT (row))`, which sorts composite values: 0.15 vs 0.26 s on the base table."""
+    return sql.SQL(
+        "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM {} GROUP BY {} HAVING count(*) > 1) repeated"
+    ).format(table, sql.SQL(", ").join(map(sql.Identifier, key)))
 
 
 def _by_check_name(kind: str, per_column: Mapping[str, Any], names: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
@@ -730,7 +697,6 @@ def dataset_sensor(
     minutes: float,
     *,
     name: str | None = None,
-    enabled: bool | None = None,
     poll_setting: str = "",
 ):
     """Observe the source every `minutes`, record the observation and the publisher's staleness, and ask
@@ -738,13 +704,12 @@ def dataset_sensor(
     and restarts), with the schedule's config (it writes nothing if the contents turn out equal). An
     unreachable source fails the tick, visibly (never the token); the next tick tries again."""
     keys = DatasetKeys.of(spec)
-    enabled = env_flag(SENSORS_ENABLED_ENV) if enabled is None else enabled
 
     @sensor(
         name=name or f"{spec.name}_source_sensor",
         job=job,
         minimum_interval_seconds=max(int(minutes * 60), 1),
-        default_status=DefaultSensorStatus.RUNNING if enabled else DefaultSensorStatus.STOPPED,
+        default_status=DefaultSensorStatus.RUNNING if env_flag(SENSORS_ENABLED_ENV) else DefaultSensorStatus.STOPPED,
         description=(
             f"Observes {spec.domain} {spec.dataset_id} every {minutes:g} min{poll_setting} and starts one refresh per new version "
             "(rowsUpdatedAt and row count)."

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
+import yaml
 from dagster import Model
 from pydantic import Field, StringConstraints, field_validator
 
@@ -39,6 +40,7 @@ __all__ = [
     "RangeDeclaration",
     "SensorDeclaration",
     "TableName",
+    "load_declaration",
 ]
 
 # Lower-case Postgres identifiers that need no quoting, at most 63 bytes (Postgres' limit).
@@ -377,6 +379,11 @@ class DatasetDeclaration(Model):
             f"Every row of {what} ({self.domain} {self.dataset_id}) exactly as delivered: the declared source fields as "
             "text, any other field in `extra_columns` (JSON), and `fetched_at`."
         )
+
+
+def load_declaration(path: Path) -> DatasetSpec:
+    """The dataset a `defs.yaml` declares, resolved without loading the component (scripts, tests, the COVID tables)."""
+    return DatasetDeclaration.model_validate(yaml.safe_load(path.read_text())["attributes"]).to_spec(path)
 
 
 def _is_identifier(name: str) -> bool:

@@ -35,6 +35,7 @@ import adbc_driver_postgresql.dbapi as adbc
 from psycopg import sql
 
 from covid_assets.datasets.table_spec import TableSpec
+from covid_assets.storage.postgres_io import lock_table
 
 __all__ = ["HistoryCheck", "HistoryError", "HistoryLoad", "HistoryNames", "LoadOrigin", "checks_now", "history_checks"]
 
@@ -117,7 +118,8 @@ class HistoryNames:
 class HistoryLoad:
     """The history side of one merge of a base table, inside the caller's transaction.
 
-    `begin` (after the base table exists and its writer lock is held) creates what is missing,
+    `begin` (after the base table exists and its writer lock is held; `columns` are its stored
+    columns, in order, as the step that created it read them) creates what is missing,
     records a table that predates its history as load 1, and picks this load's id; `apply` runs
     one merge statement and writes its rows' versions; `finish` records the load, if it changed
     anything.
@@ -132,17 +134,20 @@ class HistoryLoad:
         self.origin = origin
 
     @classmethod
-    def begin(cls, connection: adbc.Connection, base: TableSpec, origin: LoadOrigin | None = None, content_hash: str | None = None) -> HistoryLoad:
+    def begin(
+        cls, connection: adbc.Connection, base: TableSpec, columns: Sequence[tuple[str, str]],
+        origin: LoadOrigin | None = None, content_hash: str | None = None,
+    ) -> HistoryLoad:
         names = HistoryNames.of(base)
         _ensure_loads(connection, names)
-        columns = stored_columns(connection, names.base)
-        _ensure_history(connection, names, base.key, columns)
+        mirrored = _mirrored(columns)
+        _ensure_history(connection, names, base.key, mirrored)
         last = _execute(connection, sql.SQL("SELECT max(load_id) FROM {} WHERE table_name = {}").format(
             names.loads, sql.Literal(names.table)))[0][0]
         if last is None:
-            last = _record_existing_table(connection, names, columns, LoadOrigin(run_id=(origin or LoadOrigin()).run_id))
-        create_functions(connection, names, [name for name, _ in columns])  # the table's columns may have changed
-        return cls(names, base.key, [name for name, _ in columns], int(last) + 1, content_hash, origin or LoadOrigin())
+            last = _record_existing_table(connection, names, mirrored, LoadOrigin(run_id=(origin or LoadOrigin()).run_id))
+        create_functions(connection, names, [name for name, _ in mirrored])  # the table's columns may have changed
+        return cls(names, base.key, [name for name, _ in mirrored], int(last) + 1, content_hash, origin or LoadOrigin())
 
     def apply(self, connection: adbc.Connection, change: Change, statement: sql.Composable) -> int:
         """Run one merge statement (DELETE/UPDATE/INSERT on the base table aliased `b`, no RETURNING)
@@ -214,7 +219,7 @@ def _ensure_loads(connection: adbc.Connection, names: HistoryNames) -> None:
     """The schema's loads table and its commit-time trigger, created once (under a lock: datasets may share a schema)."""
     if _exists(connection, names.loads):
         return
-    _execute(connection, sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(sql.Literal(names.loads.as_string())))
+    lock_table(connection, names.loads)
     if _exists(connection, names.loads):
         return
     stamp = sql.Identifier(names.schema, "loads_committed_at")
@@ -285,12 +290,17 @@ def create_functions(connection: adbc.Connection, names: HistoryNames, columns: 
 
 
 def stored_columns(connection: adbc.Connection, table: sql.Identifier) -> list[tuple[str, str]]:
-    """(name, type) of a table's columns as stored, in order: the history mirrors the base table,
-    including a column the declaration no longer names."""
+    """(name, type) of a table's columns as stored, in order (none when the table does not exist)."""
     return [(name, type_) for name, type_ in _execute(connection, sql.SQL(
         "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
-    ).format(sql.Literal(table.as_string()))) if name not in (VALID_FROM, VALID_TO)]
+    ).format(sql.Literal(table.as_string())))]
+
+
+def _mirrored(columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The base table's columns the history mirrors: all but its own version columns (a column the
+    declaration no longer names included)."""
+    return [(name, type_) for name, type_ in columns if name not in (VALID_FROM, VALID_TO)]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -359,7 +369,7 @@ def checks_now(connection: adbc.Connection, base: TableSpec) -> list[HistoryChec
     if not (_exists(connection, names.history) and _exists(connection, names.loads) and _exists(connection, names.base)):
         missing = sql.SQL("SELECT 1 AS history_tables_missing")
         return [HistoryCheck(c.name, c.description, c.blocking, missing) for c in history_checks(base)]
-    return history_checks(base, [name for name, _ in stored_columns(connection, names.base)])
+    return history_checks(base, [name for name, _ in _mirrored(stored_columns(connection, names.base))])
 
 
 # ----------------------------------------------------------------------------- SQL helpers
@@ -384,6 +394,7 @@ def _execute(connection: adbc.Connection, statement: sql.Composable) -> list[tup
 
 
 def _execute_count(connection: adbc.Connection, statement: sql.Composable) -> int:
+    """Rows a data-changing statement touched (CREATE TABLE AS, INSERT, UPDATE, DELETE)."""
     with connection.cursor() as cursor:
         cursor.execute(statement.as_string())
         return cursor.rowcount

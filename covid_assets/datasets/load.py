@@ -41,11 +41,12 @@ from psycopg import sql
 
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
-from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin
-from covid_assets.datasets.refusals import InvalidRowsError, ShrinkingSourceError
+from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, stored_columns
 from covid_assets.datasets.sql_typing import completed, rule, rule_problems, trimmed
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
+from covid_assets.sources.socrata.rows import column_order
+from covid_assets.storage.postgres_io import lock_table
 
 __all__ = [
     "Gate",
@@ -71,12 +72,21 @@ NUL_MARK = "\\u0000"  # stands for a NUL byte in a value that must be typed: val
 _HASH_KEY_BYTES = 16
 
 
+# ----------------------------------------------------------------------------- refusals
+# Raised before anything is written; the caller fails the run without a retry (a refusal never goes away by itself).
+class InvalidRowsError(ValueError):
+    """Raised with a message naming how many rows are bad and showing the first few."""
+
+
+class ShrinkingSourceError(ValueError):
+    """The source lost more rows (or whole series) than a full refresh may silently accept."""
+
+
 # ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class Landing:
     """A delivery staged in the warehouse, and what had to change on the way."""
 
-    spec: DatasetSpec
     table: str  # the temporary staging table (pg_temp)
     rows: int
     pages: int
@@ -85,7 +95,6 @@ class Landing:
     extras: tuple[str, ...]  # source columns kept in extra_columns
     dropped: tuple[str, ...]  # source columns left out (beyond the bounds)
     nul_values: int  # values with a NUL byte (removed from free text; a bad row where a value must be typed)
-    fetched_at: dt.datetime
 
     def metadata(self) -> dict[str, object]:
         entries: dict[str, object] = {
@@ -155,7 +164,6 @@ def land(
             cursor.adbc_ingest(table, batch, mode="append", temporary=True)
     _refuse_incomplete(spec, stager, source)
     return Landing(
-        spec=spec,
         table=table,
         rows=stager.rows,
         pages=stager.pages,
@@ -164,7 +172,6 @@ def land(
         extras=tuple(name for name, _ in stager.kept),
         dropped=tuple(stager.dropped),
         nul_values=stager.nul_values,
-        fetched_at=fetched_at,
     )
 
 
@@ -190,11 +197,7 @@ def _batches(tables: Iterable[pa.Table], rows: int, size: int) -> Iterator[pa.Ta
 def _refuse_incomplete(spec: DatasetSpec, stager: _Stager, source: str) -> None:
     if stager.rows == 0:
         raise SocrataError(f"source returned no rows: {source} has no data rows; refusing to replace the warehouse with nothing")
-    if missing := [name for name in spec.required if name not in stager.seen]:
-        raise SocrataError(
-            f"{source}: required column(s) missing: {', '.join(missing)} "
-            f"(columns present: {clip(', '.join(stager.seen)) if stager.seen else 'none'})"
-        )
+    column_order(stager.seen, source, spec.required)
 
 
 def _staging_name(kind: str, spec: DatasetSpec) -> str:
@@ -289,10 +292,10 @@ def gate(
     typed_all = _staging_name("typed_all", spec)
     typing = _Typing(spec, landing.table)
     _execute(connection, typing.create_all(typed_all))
-    total, bad = _execute(connection, sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM pg_temp.{}").format(
-        sql.Identifier(_BAD), sql.Identifier(typed_all)))[0]
+    bad = _execute(connection, sql.SQL("SELECT count(*) FROM pg_temp.{} WHERE {}").format(
+        sql.Identifier(typed_all), sql.Identifier(_BAD)))[0][0]
     if bad:
-        raise InvalidRowsError(_bad_rows_message(connection, typing, total, bad))
+        raise InvalidRowsError(_bad_rows_message(connection, typing, landing.rows, bad))
     table = _staging_name("typed", spec)
     # Always through DISTINCT ON, even without repeated keys: its output in key order makes the
     # merge's walk of the base table's primary key sequential (a copy in delivery order merged in
@@ -301,7 +304,7 @@ def gate(
     _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
     if not allow_shrink:
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
-    return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=total - rows)
+    return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=landing.rows - rows)
 
 
 
@@ -379,7 +382,8 @@ class _Typing:
         named = sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(self._value(i), sql.Identifier(column.name)) for i, column in enumerate(self.columns)
         )
-        any_problem = sql.SQL(" OR ").join(predicate for _, predicate in self.problems()) if self.problems() else sql.SQL("false")
+        problems = self.problems()
+        any_problem = sql.SQL(" OR ").join(predicate for _, predicate in problems) if problems else sql.SQL("false")
         # Fenced too: the problem predicates read v_i, which would otherwise be computed again for each.
         return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {}, {}, {} AS {} FROM ({} OFFSET 0) AS typed").format(
             sql.Identifier(table), sql.Identifier(ROW), named, any_problem, sql.Identifier(_BAD), self.typed_rows()
@@ -430,8 +434,8 @@ def _bad_rows_message(connection: adbc.Connection, typing: _Typing, total: int, 
 def _refuse_shrinking(connection: adbc.Connection, spec: DatasetSpec, typed: str, rows: int, max_shrink_fraction: float) -> None:
     """Worded as the COVID guard's: too few rows for the floor, or whole series of `series_key` gone."""
     base = spec.base
-    _lock(connection, base)
-    if not _table_exists(connection, base):
+    lock_table(connection, _qualified(base))
+    if not _exists(connection, _qualified(base)):
         return
     stored = _execute(connection, sql.SQL("SELECT count(*) FROM {}").format(_qualified(base)))[0][0]
     if stored == 0:
@@ -479,8 +483,8 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
     Returns the columns added to the table, and those kept but no longer written.
     """
     raw = spec.raw
-    _lock(connection, raw)
-    change = _create_table(connection, raw)
+    lock_table(connection, _qualified(raw))
+    change, _ = _create_table(connection, raw)
     names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
     _execute(connection, sql.SQL("DELETE FROM {}").format(_qualified(raw)))
     _execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
@@ -501,9 +505,9 @@ def merge_base(
     base = spec.base
     if not base.key:
         raise ValueError(f"{base.qualified_name}: a keyed merge needs a key (declare the base table's key columns)")
-    _lock(connection, base)
-    _create_table(connection, base, primary_key=True)
-    log = HistoryLoad.begin(connection, base, origin, gate.landing.content_hash) if keep_history else None
+    lock_table(connection, _qualified(base))
+    _, columns = _create_table(connection, base, primary_key=True)
+    log = HistoryLoad.begin(connection, base, columns, origin, gate.landing.content_hash) if keep_history else None
 
     def changed(change: Change, statement: sql.Composable) -> int:
         return log.apply(connection, change, statement) if log else _execute_count(connection, statement)
@@ -535,9 +539,8 @@ def merge_base(
 
 
 def discard(connection: adbc.Connection, landing: Landing) -> None:
-    """Drop the staging tables of a delivery that will not be published (the source was unchanged)."""
-    for kind in ("raw", "typed_all", "typed"):
-        _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(_staging_name(kind, landing.spec))))
+    """Drop the staged delivery of a source found unchanged (before `gate`: no typed table exists yet)."""
+    _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(landing.table)))
 
 
 # ----------------------------------------------------------------------------- SQL helpers
@@ -557,18 +560,19 @@ class SchemaChange:
         return {**entries, **({"columns_no_longer_written": list(self.no_longer_written)} if self.no_longer_written else {})}
 
 
-def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> SchemaChange:
+def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bool = False) -> tuple[SchemaChange, list[tuple[str, str]]]:
     """Create the table from its spec on first use; later, add the columns a declaration gained.
 
     Like the IO manager, a table is never dropped (analysts' views and grants survive) and a
     column the declaration no longer names is kept (NULL in rows written from then on). A changed
-    type or key is left to a person: the statement that meets it fails and names it.
+    type or key is left to a person: the statement that meets it fails and names it. Also returns
+    the table's columns as they now stand, (name, type) in order, which the history mirrors.
     """
     _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
-    existing = {name for (name,) in _execute(connection, sql.SQL(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped"
-    ).format(sql.Literal(_qualified(table).as_string())))}
-    definitions = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in table.columns if c.name not in existing]
+    stored = stored_columns(connection, _qualified(table))
+    existing = {name for name, _ in stored}
+    gained = [(c.name, c.type) for c in table.columns if c.name not in existing]  # ADD COLUMN appends them in this order
+    definitions = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in gained]
     if not existing:
         if primary_key and table.key:
             definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
@@ -577,34 +581,13 @@ def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bo
         _execute(connection, sql.SQL("ALTER TABLE {} {}").format(
             _qualified(table), sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in definitions)))
     if not existing:
-        return SchemaChange()
+        return SchemaChange(), gained
     declared = set(table.column_names)
-    return SchemaChange(
-        added=tuple(c.name for c in table.columns if c.name not in existing),
+    change = SchemaChange(
+        added=tuple(name for name, _ in gained),
         no_longer_written=tuple(sorted(name for name in existing if name not in declared)),
     )
-
-
-def _table_exists(connection: adbc.Connection, table: TableSpec) -> bool:
-    return _execute(connection, sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(_qualified(table).as_string())))[0][0]
-
-
-def _lock(connection: adbc.Connection, table: TableSpec) -> None:
-    """The IO manager's writer lock on the table (see postgres_io.delete_table_slice): runs take turns."""
-    _execute(connection, sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(sql.Literal(_qualified(table).as_string())))
-
-
-def _execute(connection: adbc.Connection, statement: sql.Composable, params: Sequence[object] = ()) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string(), params or None)
-        return cursor.fetchall() if cursor.description else []
-
-
-def _execute_count(connection: adbc.Connection, statement: sql.Composable) -> int:
-    """Rows a data-changing statement touched (CREATE TABLE AS, INSERT, UPDATE, DELETE)."""
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string())
-        return cursor.rowcount
+    return change, [*stored, *gained]
 
 
 def _names(names: Sequence[str], limit: int = 300) -> str:

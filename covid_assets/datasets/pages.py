@@ -1,11 +1,12 @@
-"""A delivery as a stream of bounded, all-string Arrow pages: from the API or from an export file.
+"""A delivery as a stream of bounded, all-string Arrow pages read from an export file.
 
 The loader (`datasets/load.py`) COPYs each page into the warehouse and lets it go, so the
 Python process never holds more than a page (plus the API's bounded window of pages in flight),
 whatever the dataset's size. Every value stays the text the source sent (no trimming, no type
 conversion); a value that is not a JSON string (a number, a geo object) is kept as its JSON text.
 
-* `api_pages`: `SocrataClient.plan()`, which fetches in ``:id`` order with a bounded window.
+From the API, `SocrataClient.plan()` gives the same pages (in ``:id`` order, a bounded window).
+
 * `export_pages`: a downloaded export, read incrementally: a CSV (pyarrow's streaming reader,
   one block per page), a JSON array of row objects, or Socrata's ``rows.json`` export (``meta``
   with the view's columns, then ``data``: rows as arrays in column order; system columns such
@@ -29,28 +30,16 @@ import ijson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from covid_assets.sources.socrata.client import SocrataClient
 from covid_assets.sources.socrata.errors import SocrataError
 from covid_assets.sources.socrata.export_files import _decompressed, _file_problem, _open_export
 from covid_assets.sources.socrata.metadata import parse_view
-from covid_assets.sources.socrata.paging import ProgressFn
 from covid_assets.sources.socrata.rows import _as_text, rows_to_table
 
-__all__ = ["PAGE_ROWS", "CSV_BLOCK_BYTES", "api_pages", "export_pages"]
+__all__ = ["PAGE_ROWS", "CSV_BLOCK_BYTES", "export_pages"]
 
 PAGE_ROWS = 50_000  # rows per page of a JSON export
 CSV_BLOCK_BYTES = 4 << 20  # bytes of CSV per page: about 50k rows of a typical Socrata export
 _HEAD_BYTES = 64
-
-
-def api_pages(client: SocrataClient, known_count: int | None = None, progress: ProgressFn | None = None) -> Iterator[pa.Table]:
-    """Every row of the dataset in ``:id`` order, page by page, as the paging plan delivers them.
-
-    The plan's own checks (no rows, fewer rows than counted) run after its last page, which is
-    why the loader refuses nothing it has not finished landing and commits nothing itself.
-    """
-    with client.plan(progress) as plan:
-        yield from plan.pages(known_count)
 
 
 def export_pages(path: str | Path, *, page_rows: int = PAGE_ROWS, block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[pa.Table]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,8 @@ MAX_EXPORT_BYTES = 512 * 1024 * 1024
 
 def read_view_file(path: Path) -> ViewMetadata:
     """The view metadata in a file: `/api/views/{id}.json` saved, or a `rows.json` export (`meta.view`), gzipped or not."""
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with path.open("rb") as head:
+        opener = gzip.open if head.read(2) == b"\x1f\x8b" else open
     with opener(path, "rb") as handle:
         data = handle.read(MAX_EXPORT_BYTES + 1)
     if len(data) > MAX_EXPORT_BYTES:
@@ -56,7 +56,8 @@ def fetch_view(domain: str, dataset_id: str) -> ViewMetadata:
     """The view metadata from the API (the app token from SOCRATA_APP_TOKEN, when set)."""
     from covid_assets.sources.socrata import SocrataClient, SocrataSource, SocrataTarget
 
-    target = SocrataTarget(base_url=f"https://{domain}", dataset_id=dataset_id, app_token=os.environ.get("SOCRATA_APP_TOKEN") or None)
+    only_token = dict.fromkeys(("base_url", "dataset_id", "source_file"))
+    target = SocrataTarget.from_env(variables=only_token, base_url=f"https://{domain}", dataset_id=dataset_id)
     return SocrataClient(target, SocrataSource(), required_columns=()).metadata()
 
 

@@ -151,14 +151,29 @@ class TableSpec:
 
     @property
     def column_schema(self) -> TableSchema:
+        """The columns with their types as declared (lower case) and descriptions: what the UI shows."""
+        return self._schema(lambda type_: type_.lower())
+
+    @property
+    def written_column_schema(self) -> TableSchema:
+        """The same with the types as Postgres names them: what a materialization reports it wrote."""
+        return self._schema(str)
+
+    def _schema(self, type_name) -> TableSchema:
         from dagster import TableColumn, TableSchema
 
         return TableSchema(
             columns=[
-                TableColumn(name=column.name, type=column.type.lower(), description=column.description or None)
+                TableColumn(name=column.name, type=type_name(column.type), description=column.description or None)
                 for column in self.columns
             ]
         )
+
+    def definition_metadata(self) -> dict[str, object]:
+        """What an asset declares of its table: the key, and the column schema (types and descriptions)
+        the IO manager creates the table with and the UI shows."""
+        key = {"primary_key": list(self.key)} if self.key else {}
+        return {**key, "column_descriptions": self.column_descriptions, "dagster/column_schema": self.column_schema}
 
     def column_lineage(self, upstream: AssetKey) -> TableColumnLineage:
         from dagster import TableColumnDep, TableColumnLineage

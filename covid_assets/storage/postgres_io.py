@@ -121,6 +121,14 @@ def _where(table_slice: TableSlice) -> sql.Composable:
     return sql.SQL(" WHERE ") + partitions.where_clause(table_slice.partition_dimensions)
 
 
+def lock_table(connection: adbc.Connection, name: sql.Identifier) -> None:
+    """The writer lock of a table until the transaction ends: every writer of the table (the IO
+    manager, the dataset loader) takes it, so two runs write it one after the other."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (name.as_string(),))
+        cursor.fetchall()
+
+
 class PostgresClient(DbClient):
     """Table-level statements, all inside the run's warehouse transaction."""
 
@@ -144,9 +152,7 @@ class PostgresClient(DbClient):
         started at once replace the table one after the other instead of mixing their rows.
         Readers take no such lock and are never blocked.
         """
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (qualified_name(table_slice).as_string(),))
-            cursor.fetchall()
+        lock_table(connection, qualified_name(table_slice))
 
     @staticmethod
     def get_select_statement(table_slice: TableSlice) -> str:

@@ -49,46 +49,25 @@ Modules, by concern:
 """
 
 from covid_assets.sources.socrata.client import SocrataClient, SourceSignature
-from covid_assets.sources.socrata.errors import SocrataError, clip
+from covid_assets.sources.socrata.errors import SocrataError
 from covid_assets.sources.socrata.export_files import read_export_file
 from covid_assets.sources.socrata.http import MAX_REDIRECTS
-from covid_assets.sources.socrata.metadata import (
-    ColumnType,
-    SourceColumn,
-    ViewMetadata,
-    WarehouseType,
-    column_types,
-    parse_view,
-    warehouse_type,
-)
-from covid_assets.sources.socrata.paging import MAX_PAGES, PagePlan, ProgressFn
+from covid_assets.sources.socrata.metadata import ColumnType, column_types, parse_view, warehouse_type
 from covid_assets.sources.socrata.resource import SocrataSource, SocrataTarget
-from covid_assets.sources.socrata.rows import REQUIRED_COLUMNS, Extract, FetchStats, frame_from_tables
-from covid_assets.sources.socrata.soda import ProtocolChoice, Soda2, Soda3
+from covid_assets.sources.socrata.rows import REQUIRED_COLUMNS, Extract, FetchStats
 
 __all__ = [
-    "MAX_PAGES",
     "MAX_REDIRECTS",
     "REQUIRED_COLUMNS",
     "ColumnType",
     "Extract",
     "FetchStats",
-    "PagePlan",
-    "ProgressFn",
-    "ProtocolChoice",
-    "Soda2",
-    "Soda3",
     "SocrataClient",
     "SocrataError",
     "SocrataSource",
     "SocrataTarget",
-    "SourceColumn",
     "SourceSignature",
-    "ViewMetadata",
-    "WarehouseType",
-    "clip",
     "column_types",
-    "frame_from_tables",
     "parse_view",
     "read_export_file",
     "warehouse_type",

@@ -57,9 +57,14 @@ class SocrataTarget:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SocrataTarget:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, variables: Mapping[str, str | None] | None = None, **defaults: str
+    ) -> SocrataTarget:
+        """The target the environment names. `variables` renames fields' variables of `ENVIRONMENT`
+        (None: the field is not read); `defaults` are the values of fields whose variable is unset."""
         environ = os.environ if environ is None else environ
-        return cls(**{name: environ[variable] for name, variable in cls.ENVIRONMENT.items() if environ.get(variable)})
+        names = {**cls.ENVIRONMENT, **(variables or {})}
+        return cls(**{**defaults, **{name: environ[variable] for name, variable in names.items() if variable and environ.get(variable)}})
 
 
 class SocrataSource(dg.ConfigurableResource):
@@ -94,17 +99,15 @@ class SocrataSource(dg.ConfigurableResource):
     request_deadline_s: float = Field(
         default=DEFAULT_REQUEST_DEADLINE_S, gt=0, le=3600, description="Longest time one HTTP exchange may take, body included"
     )
-    _target: SocrataTarget | None = PrivateAttr(default=None)
     _protocols: ProtocolChoice | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._target = SocrataTarget.from_env()
-        self._protocols = ProtocolChoice(self._target)
+        self._protocols = None  # each run decides SODA3 or SODA2 afresh
 
     @property
     def target(self) -> SocrataTarget:
-        """The run's target (read at run start); outside a run, the environment as it is now."""
-        return self._target or SocrataTarget.from_env()
+        """The environment's target, read when asked (a declared dataset passes its own instead)."""
+        return SocrataTarget.from_env()
 
     def protocol_choice(self, target: SocrataTarget) -> ProtocolChoice:
         """The protocol choice of the run (one per target outside a run): a fallback happens once."""
@@ -112,26 +115,31 @@ class SocrataSource(dg.ConfigurableResource):
             self._protocols = ProtocolChoice(target)
         return self._protocols
 
-    def client(self, required_columns: Sequence[str] = REQUIRED_COLUMNS, **overrides: Any) -> SocrataClient:
-        """A client of the target; `overrides` (knob = value) are validated like the config itself."""
+    def client(
+        self, required_columns: Sequence[str] = REQUIRED_COLUMNS, target: SocrataTarget | None = None, **overrides: Any
+    ) -> SocrataClient:
+        """A client of `target` (default: the environment's); `overrides` (knob = value) are validated like the config itself."""
         settings = type(self).model_validate({**self.model_dump(), **overrides}) if overrides else self
-        target = self.target
+        target = target or self.target
         return SocrataClient(target, settings, required_columns=required_columns, protocols=self.protocol_choice(target))
 
-    def signature(self, deadline_s: float | None = None) -> SourceSignature | None:
+    def signature(
+        self, deadline_s: float | None = None, target: SocrataTarget | None = None, required_columns: Sequence[str] = REQUIRED_COLUMNS
+    ) -> SourceSignature | None:
         """What the API says about the data now (None for a local file: its content is the evidence).
 
         `deadline_s` bounds each attempt of the two requests (its connect, then its exchange): a
         sensor has to answer within a minute.
         """
-        if self.target.source_file:
+        target = target or self.target
+        if target.source_file:
             return None
         # Cheap evidence only: on trouble, fail fast and let the full fetch (with all its retries) decide.
         overrides: dict[str, Any] = {"max_retries": min(self.max_retries, 1)}
         if deadline_s is not None:
             overrides["request_deadline_s"] = min(self.request_deadline_s, deadline_s)
             overrides["connect_timeout_s"] = min(self.connect_timeout_s, deadline_s / 2)
-        return self.client(**overrides).signature()
+        return self.client(required_columns, target, **overrides).signature()
 
     def metadata(self) -> ViewMetadata:
         """The dataset's view metadata from the API (its columns, their types and descriptions), also
