@@ -43,7 +43,7 @@ def covid_wiring(declared: Definitions) -> Definitions:
     checks, the refresh_warehouse job with its schedule and source sensor, and the alert sensors, which
     watch the jobs, tables and sources of every `declared` dataset."""
     jobs = [refresh_job, *(declared.jobs or [])]
-    tables = [*_keys(declared, materializable=True), *(asset.key for asset in summaries)]
+    tables = [*_keys(declared, materializable=True), *(key for asset in summaries for key in asset.keys)]
     sources = _keys(declared, materializable=False)
     return Definitions(
         assets=summaries,

@@ -501,3 +501,35 @@ def test_each_declared_check_counts_the_rows_that_break_it(warehouse_url: str) -
         "ranges": {"tot_cases_violations": 1},
         "date_window": {"submission_date_violations": 1},
     }
+
+
+def test_the_key_check_trusts_only_a_primary_key_on_exactly_the_key(warehouse_url: str) -> None:
+    """A primary key on the declared key makes repeats impossible, so the check reads the catalog;
+    a primary key on other columns (here the key plus one more) does not, and the rows are counted."""
+    import psycopg
+
+    from covid_assets.datasets.component import check_queries, evaluate
+    from covid_assets.storage.warehouse import WarehouseResource
+    from covid_assets_tests.helpers import deployment
+
+    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    key_check = next(q for q in check_queries(spec) if q.name == "primary_key")
+    columns = ", ".join(f"{c.name} {c.type}" for c in spec.base.columns)
+
+    def key_check_with(primary_key: list[str]) -> dict[str, int]:
+        with psycopg.connect(warehouse_url) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS cdc CASCADE")
+            conn.execute("CREATE SCHEMA cdc")
+            conn.execute(f"CREATE TABLE cdc.cases_deaths_by_state ({columns}, PRIMARY KEY ({', '.join(primary_key)}))")
+            for new_case in (1, 2):  # the same (submission_date, state) twice when the constraint allows it
+                try:
+                    with conn.transaction():
+                        conn.execute("INSERT INTO cdc.cases_deaths_by_state (submission_date, state, new_case) VALUES ('2021-01-01', 'AL', %s)", [new_case])
+                except psycopg.errors.UniqueViolation:
+                    pass
+        with deployment(warehouse_url):
+            result = evaluate(BASE, key_check, WarehouseResource())
+        return {k: v.value for k, v in result.metadata.items()}
+
+    assert key_check_with(list(spec.base.key)) == {"duplicate_keys": 0, "null_keys": 0}
+    assert key_check_with([*spec.base.key, "new_case"]) == {"duplicate_keys": 1, "null_keys": 0}

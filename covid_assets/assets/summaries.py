@@ -1,23 +1,17 @@
 """The five reporting tables analysts query (`SELECT * FROM covid_19.state_results;`).
 
-Each asset is a thin wrapper: the arithmetic lives in `summary_frames.py` as plain pandas
-functions, pinned by hand-computed tests; the table (key, description, columns, lineage) is
-described by its spec in `tables.py`.
+Five assets computed in one step from one read of the base table: each summary needs all of its
+243k rows, and reading them through the IO manager once instead of five times saves 0.7 s of a
+run. The step is subsettable, so any one summary can still be materialized on its own. The
+arithmetic lives in `summary_frames.py` as plain pandas functions, pinned by hand-computed tests;
+each table (key, description, columns, lineage) is described by its spec in `tables.py`.
 """
 
-import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, asset
+from collections.abc import Callable, Iterator
 
-from covid_assets.assets.tables import (
-    BASE_ASSET_KEY,
-    OUTCOME_RESULTS,
-    OWNERS,
-    RECENT_POSITIVITY_RESULTS,
-    SMOOTHED_RESULTS,
-    STATE_RESULTS,
-    SPEC_BY_KEY,
-    TOTAL_RESULTS,
-)
+import pandas as pd
+from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, Output, multi_asset
+
 from covid_assets.assets.summary_frames import (
     build_outcome_results,
     build_recent_positivity_results,
@@ -25,62 +19,73 @@ from covid_assets.assets.summary_frames import (
     build_state_results,
     build_total_results,
 )
+from covid_assets.assets.tables import (
+    BASE_ASSET_KEY,
+    OUTCOME_RESULTS,
+    OWNERS,
+    RECENT_POSITIVITY_RESULTS,
+    SMOOTHED_RESULTS,
+    STATE_RESULTS,
+    SUMMARIES,
+    TOTAL_RESULTS,
+)
 from covid_assets.datasets.table_spec import TableSpec
 
 
+class SummaryConfig(Config):
+    """Knobs of covid_19.recent_positivity_results."""
 
-def summary_asset(spec: TableSpec):
-    """The shared decorator: the table `spec` describes, computed from the base table."""
-    return asset(
+    top_n: int = 10
+    window_days: int = 30
+
+
+Build = Callable[[pd.DataFrame, SummaryConfig], pd.DataFrame]
+
+BUILDERS: dict[str, Build] = {
+    OUTCOME_RESULTS.name: lambda base, _: build_outcome_results(base),
+    STATE_RESULTS.name: lambda base, _: build_state_results(base),
+    SMOOTHED_RESULTS.name: lambda base, _: build_smoothed_results(base),
+    TOTAL_RESULTS.name: lambda base, _: build_total_results(base),
+    RECENT_POSITIVITY_RESULTS.name: lambda base, config: build_recent_positivity_results(
+        base, top_n=config.top_n, window_days=config.window_days
+    ),
+}
+
+
+def _out(spec: TableSpec) -> AssetOut:
+    return AssetOut(
         key=spec.asset_key,
-        ins={"base": AssetIn(key=BASE_ASSET_KEY)},
         metadata=spec.definition_metadata(),
         owners=OWNERS,
         group_name="reporting",
         kinds={"pandas", "postgres"},
         description=spec.description,
+        is_required=False,
     )
 
 
-def publish(context: AssetExecutionContext, frame: pd.DataFrame, **figures: object) -> pd.DataFrame:
-    """Attach the column-level lineage of the table's spec (and any figures worth plotting) to the materialization."""
-    lineage = SPEC_BY_KEY[context.asset_key].column_lineage(BASE_ASSET_KEY)
-    context.add_output_metadata({"dagster/column_lineage": lineage, **figures})
-    return frame
-
-
-@summary_asset(OUTCOME_RESULTS)
-def outcome_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
-    return publish(context, build_outcome_results(base))
-
-
-@summary_asset(STATE_RESULTS)
-def state_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
-    return publish(context, build_state_results(base))
-
-
-@summary_asset(SMOOTHED_RESULTS)
-def smoothed_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
-    frame = build_smoothed_results(base)
+def figures(spec: TableSpec, frame: pd.DataFrame) -> dict[str, object]:
+    """Numbers worth plotting across materializations."""
+    if spec is not SMOOTHED_RESULTS:
+        return {}
     latest = frame["smoothed_positivity_rate"].dropna()
-    return publish(context, frame, latest_7day_positivity_pct=float(latest.iloc[-1]) if len(latest) else None)
+    return {"latest_7day_positivity_pct": float(latest.iloc[-1]) if len(latest) else None}
 
 
-@summary_asset(TOTAL_RESULTS)
-def total_results(context: AssetExecutionContext, base: pd.DataFrame) -> pd.DataFrame:
-    return publish(context, build_total_results(base))
+@multi_asset(
+    name="reporting_summaries",
+    outs={spec.name: _out(spec) for spec in SUMMARIES},
+    ins={"base": AssetIn(key=BASE_ASSET_KEY)},
+    can_subset=True,
+)
+def reporting_summaries(context: AssetExecutionContext, base: pd.DataFrame, config: SummaryConfig) -> Iterator[Output]:
+    """The selected summaries, each with the column-level lineage of its spec."""
+    for spec in SUMMARIES:
+        if spec.asset_key not in context.selected_asset_keys:
+            continue
+        frame = BUILDERS[spec.name](base, config)
+        metadata = {"dagster/column_lineage": spec.column_lineage(BASE_ASSET_KEY), **figures(spec, frame)}
+        yield Output(frame, output_name=spec.name, metadata=metadata)
 
 
-class RecentPositivityConfig(Config):
-    top_n: int = 10
-    window_days: int = 30
-
-
-@summary_asset(RECENT_POSITIVITY_RESULTS)
-def recent_positivity_results(
-    context: AssetExecutionContext, base: pd.DataFrame, config: RecentPositivityConfig
-) -> pd.DataFrame:
-    return publish(context, build_recent_positivity_results(base, top_n=config.top_n, window_days=config.window_days))
-
-
-SUMMARY_ASSETS = [outcome_results, state_results, smoothed_results, total_results, recent_positivity_results]
+SUMMARY_ASSETS = [reporting_summaries]
