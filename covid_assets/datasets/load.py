@@ -41,7 +41,9 @@ from psycopg import sql
 
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
-from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, stored_columns
+from covid_assets.datasets.history import (
+    Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, _matched, repeated_key_rows, stored_columns,
+)
 from covid_assets.datasets.sql_typing import completed, rule, rule_problems, trimmed
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
@@ -296,12 +298,14 @@ def gate(
         sql.Identifier(typed_all), sql.Identifier(_BAD)))[0][0]
     if bad:
         raise InvalidRowsError(_bad_rows_message(connection, typing, landing.rows, bad))
-    table = _staging_name("typed", spec)
-    # Always through DISTINCT ON, even without repeated keys: its output in key order makes the
-    # merge's walk of the base table's primary key sequential (a copy in delivery order merged in
-    # twice the time it saved).
-    rows = _execute_count(connection, typing.create_unique(table, typed_all))
-    _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
+    table, rows = typed_all, landing.rows
+    # A key delivered more than once keeps its last row (a sort of every row, DISTINCT ON); a
+    # delivery without repeats, the usual one, is merged as typed (a hash aggregate finds out).
+    if spec.base.key and _execute(connection, sql.SQL("SELECT ({}) > 0").format(
+            repeated_key_rows(sql.SQL("pg_temp.{}").format(sql.Identifier(typed_all)), spec.base.key)))[0][0]:
+        table = _staging_name("typed", spec)
+        rows = _execute_count(connection, typing.create_unique(table, typed_all))
+        _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
     if not allow_shrink:
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
     return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=landing.rows - rows)
@@ -492,6 +496,43 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
     return change
 
 
+CHANGE = ":change"
+
+
+def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> sql.Composed:
+    """The rows the merge changes, each marked added, revised or withdrawn (withdrawn: the key only).
+
+    One hash full join of the delivery and the base table: three anti-/semi-joins, one per merge
+    statement, took 2.3x as long (0.55 vs 0.24 s on 243k unchanged COVID rows), and the merge
+    statements then touch only the changed keys.
+    """
+    base = spec.base
+    table = _staging_name("diff", spec)
+    values = [name for name in base.column_names if name not in base.key]
+    side = lambda alias: sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in values)  # noqa: E731
+    distinct = sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(side("b"), side("t")) if values else sql.SQL("")
+    _execute(connection, sql.SQL(
+        "CREATE TEMPORARY TABLE {diff} ON COMMIT DROP AS SELECT "
+        "CASE WHEN b.{present} IS NULL THEN 'added' WHEN t.{present} IS NULL THEN 'withdrawn' ELSE 'revised' END AS {change}, "
+        "{key}{values} "
+        "FROM (SELECT {names}, TRUE AS {present} FROM pg_temp.{typed}) AS t "
+        "FULL JOIN (SELECT {names}, TRUE AS {present} FROM {base}) AS b ON {matched} "
+        "WHERE b.{present} IS NULL OR t.{present} IS NULL{distinct}"
+    ).format(
+        diff=sql.Identifier(table),
+        present=sql.Identifier(":present"),
+        change=sql.Identifier(CHANGE),
+        key=sql.SQL(", ").join(sql.SQL("coalesce(t.{c}, b.{c}) AS {c}").format(c=sql.Identifier(c)) for c in base.key),
+        values=sql.SQL("").join(sql.SQL(", t.{c}").format(c=sql.Identifier(c)) for c in values),
+        names=sql.SQL(", ").join(map(sql.Identifier, base.column_names)),
+        typed=sql.Identifier(typed),
+        base=_qualified(base),
+        matched=_matched(base.key, "b", "t"),
+        distinct=distinct,
+    ))
+    return sql.SQL("pg_temp.{}").format(sql.Identifier(table))
+
+
 def merge_base(
     connection: adbc.Connection, spec: DatasetSpec, gate: Gate, origin: LoadOrigin | None = None, *, keep_history: bool = True
 ) -> MergeCounts:
@@ -512,27 +553,23 @@ def merge_base(
     def changed(change: Change, statement: sql.Composable) -> int:
         return log.apply(connection, change, statement) if log else _execute_count(connection, statement)
 
-    staged = sql.SQL("pg_temp.{}").format(sql.Identifier(gate.table))
-    matched = sql.SQL(" AND ").join(sql.SQL("b.{c} = t.{c}").format(c=sql.Identifier(c)) for c in base.key)
+    diff = _create_diff(connection, spec, gate.table)
+    matched = _matched(base.key, "b", "t")
     values = [name for name in base.column_names if name not in base.key]
-    withdrawn = changed("withdrawn", sql.SQL(
-        "DELETE FROM {} AS b WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {})").format(_qualified(base), staged, matched))
+    withdrawn = changed("withdrawn", sql.SQL("DELETE FROM {} AS b USING {} AS t WHERE t.{} = 'withdrawn' AND {}").format(
+        _qualified(base), diff, sql.Identifier(CHANGE), matched))
     revised = 0
     if values:
-        revised = changed("revised", sql.SQL(
-            "UPDATE {} AS b SET {} FROM {} AS t WHERE {} AND ({}) IS DISTINCT FROM ({})").format(
+        revised = changed("revised", sql.SQL("UPDATE {} AS b SET {} FROM {} AS t WHERE t.{} = 'revised' AND {}").format(
             _qualified(base),
             sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in values),
-            staged,
+            diff,
+            sql.Identifier(CHANGE),
             matched,
-            sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in values),
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values),
         ))
     names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
-    added = changed("added", sql.SQL(
-        "INSERT INTO {} AS b ({n}) SELECT {tn} FROM {} AS t WHERE NOT EXISTS (SELECT FROM {} AS b WHERE {})").format(
-        _qualified(base), staged, _qualified(base), matched, n=names,
-        tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in base.column_names)))
+    added = changed("added", sql.SQL("INSERT INTO {} AS b ({n}) SELECT {n} FROM {} WHERE {} = 'added'").format(
+        _qualified(base), diff, sql.Identifier(CHANGE), n=names))
     if log:
         log.finish(connection, gate.rows, added, revised, withdrawn)
     return MergeCounts(total=gate.rows, added=added, revised=revised, withdrawn=withdrawn)
