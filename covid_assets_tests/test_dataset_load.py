@@ -22,7 +22,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pytest
 
-from covid_assets.datasets import load
+from covid_assets.datasets import load, sql_typing
 from covid_assets.datasets.dataset_spec import DatasetSpec, raw_table_spec
 from covid_assets.datasets.pages import export_pages
 from covid_assets.datasets.table_spec import ColumnRules, ColumnSpec, TableSpec
@@ -238,6 +238,8 @@ TYPES_SPEC = DatasetSpec(name="typed", domain="example.org", dataset_id="abcd-12
     ("column", "text", "expected"),
     [
         ("id", " -0042 ", -42),
+        ("id", "+12345678901234567", 12345678901234567),  # 18 characters: a plain cast
+        ("id", "-999999999999999999", -999999999999999999),  # 19: checked by Postgres first
         ("text", "  padded  ", "padded"),
         ("text", "   ", None),
         ("numeric", "1.50e2", "150"),
@@ -402,7 +404,7 @@ def test_nul_bytes_leave_free_text_and_extra_columns(connection, warehouse_url: 
 MEMORY_PROBE = r"""
 import datetime as dt, resource, sys
 import adbc_driver_postgresql.dbapi as adbc, pyarrow as pa
-from covid_assets.datasets import load
+from covid_assets.datasets import load, sql_typing
 from covid_assets_tests.test_dataset_load import cdc_spec
 
 ROWS, PAGE = int(sys.argv[2]), 5_000
@@ -614,3 +616,59 @@ def test_a_value_breaking_a_declared_rule_is_a_bad_row_named_by_the_rule(connect
     assert message.startswith(f"1 of 3 source rows cannot be typed ({problem}: 1); first rows:\n"), message
     assert f"  source row 1: {problem}: " in message
     assert snapshot(warehouse_url, RULED_SPEC) == ((None, None), 0)
+
+
+# ----------------------------------------------------------------------------- typing shortcuts
+@pytest.mark.parametrize("warehouse_type", [t for t, r in sql_typing.RULES.items() if r.plain_pattern])
+def test_a_plain_pattern_matches_only_values_its_rule_leaves_as_they_are(warehouse_url: str, warehouse_type: str) -> None:
+    """The loader skips a rule's prepare (and valid) for a column whose values all match its plain
+    pattern; here Postgres confirms, value by value, that the skipped SQL would have changed nothing."""
+    import pyarrow.compute as pc
+    import psycopg
+    from psycopg import sql
+
+    rule = sql_typing.rule(warehouse_type)
+    samples = [
+        "2020-03-01", "2020-03-01T00:00:00.000", "2020-03-01T04:05:06", "2020-03-01 04:05:06", "2021-02-30", "2020-3-1",
+        "12/26/2021", "2020/03/01", "2020-03-01T04:05:06.7891", "0", "-1", "+12345678901234567", "123456789012345678",
+        "-123456789012345678", "9223372036854775807", "9999999999999999999", "1e3", "1.0", " 1", "١٢",
+    ]
+    matching = [v for v, hit in zip(samples, pc.match_substring_regex(pa.array(samples), rule.plain_pattern).to_pylist()) if hit]
+    assert len(matching) >= 3 and len(matching) < len(samples)
+    with psycopg.connect(warehouse_url) as conn:
+        for value in matching:
+            text = sql.Literal(value)
+            prepared, valid = conn.execute(sql.SQL("SELECT {}, {}").format(rule.prepare(text), rule.valid(text))).fetchone()
+            assert prepared == value
+            assert valid or not rule.plain_is_valid, value
+
+
+def test_typing_skips_only_what_would_change_nothing(connection) -> None:
+    """A delivery whose values are all plain is typed by the short SQL exactly as by the full one;
+    one padded text and one US date on the last page send those two columns, on every page, back
+    through trimming and the date layouts."""
+    from covid_assets.datasets.sql_typing import Plain
+
+    rows = [
+        {"id": str(i), "text": f"row {i}", "day": f"2021-01-{i % 28 + 1:02d}", "moment": "2020-03-01T04:05:06.789", "numeric": "1.5"}
+        for i in range(50)
+    ]
+    messy = [dict(row) for row in rows]
+    messy[-1].update(text=" padded ", day="12/26/2021")
+    columns = {column.name: column for column in ALL_TYPES.columns}
+
+    def typed(typing: load._Typing) -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql_text(typing.typed_rows()) + ' ORDER BY ":row"')
+            return cursor.fetchall()
+
+    for delivery, padded, plain in ((rows, set(), {"id", "day", "moment"}), (messy, {"text"}, {"id", "moment"})):
+        landing = load.land(connection, TYPES_SPEC, pages_of(delivery, 20), FETCHED_AT)
+        assert {name for name in columns if landing.plain.needs_trim(name)} == padded
+        assert {name for name, column in columns.items() if landing.plain.is_plain(column)} == plain
+        assert typed(load._Typing(TYPES_SPEC, landing.table, landing.plain)) == typed(load._Typing(TYPES_SPEC, landing.table, Plain.unknown()))
+        connection.rollback()
+
+
+def sql_text(statement) -> str:
+    return statement.as_string()

@@ -44,7 +44,7 @@ from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAM
 from covid_assets.datasets.history import (
     Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, _matched, repeated_key_rows, stored_columns,
 )
-from covid_assets.datasets.sql_typing import completed, rule, rule_problems, trimmed
+from covid_assets.datasets.sql_typing import Plain, completed, rule, rule_problems, trimmed
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
 from covid_assets.sources.socrata.rows import column_order
@@ -97,6 +97,7 @@ class Landing:
     extras: tuple[str, ...]  # source columns kept in extra_columns
     dropped: tuple[str, ...]  # source columns left out (beyond the bounds)
     nul_values: int  # values with a NUL byte (removed from free text; a bad row where a value must be typed)
+    plain: Plain  # what the staged values looked like, so typing skips what would change nothing
 
     def metadata(self) -> dict[str, object]:
         entries: dict[str, object] = {
@@ -174,6 +175,7 @@ def land(
         extras=tuple(name for name, _ in stager.kept),
         dropped=tuple(stager.dropped),
         nul_values=stager.nul_values,
+        plain=stager.plain,
     )
 
 
@@ -228,6 +230,7 @@ class _Stager:
         self.kept: list[tuple[str, str]] = []
         self.dropped: list[str] = []
         self.rows = self.pages = self.nul_values = 0
+        self.plain = Plain.expecting(spec.base.columns)
 
     def landed(self, page: pa.Table) -> pa.Table:
         """The page as the staging table takes it: raw fields (NUL bytes handled), extras as JSON, positions."""
@@ -237,6 +240,7 @@ class _Stager:
         columns = {ROW: pa.array(np.arange(self.rows, self.rows + page.num_rows, dtype=np.int64))}
         for name in self.fields:
             columns[name] = self._text(page, name)
+            self.plain.see(name, columns[name])
         present = {key: self._without_nul(page[name]) for name, key in self.kept if name in page.column_names}
         columns[EXTRA_COLUMNS] = json_objects(present, page.num_rows)
         self.rows += page.num_rows
@@ -292,7 +296,7 @@ def gate(
 ) -> Gate:
     """Type the staged rows, refuse bad rows and a shrinking source, keep the last delivered row of each key."""
     typed_all = _staging_name("typed_all", spec)
-    typing = _Typing(spec, landing.table)
+    typing = _Typing(spec, landing.table, landing.plain)
     _execute(connection, typing.create_all(typed_all))
     bad = _execute(connection, sql.SQL("SELECT count(*) FROM pg_temp.{} WHERE {}").format(
         sql.Identifier(typed_all), sql.Identifier(_BAD)))[0][0]
@@ -319,9 +323,10 @@ class _Typing:
     trimmed and prepared once, however often the outer levels refer to it.
     """
 
-    def __init__(self, spec: DatasetSpec, staging: str) -> None:
+    def __init__(self, spec: DatasetSpec, staging: str, plain: Plain | None = None) -> None:
         self.spec = spec
         self.staging = staging
+        self.plain = plain or Plain.unknown()
         self.columns = spec.base.columns
         self.key = set(spec.base.key)
 
@@ -349,6 +354,20 @@ class _Typing:
     def _prepared(self, i: int) -> sql.Identifier:
         return sql.Identifier(f"n{i}")
 
+    def _trimmed(self, field: str) -> sql.Composable:
+        return trimmed(sql.Identifier(field)) if self.plain.needs_trim(field) else sql.Identifier(field)
+
+    def _prepare(self, i: int, column) -> sql.Composable:
+        text = self._completed_text(i, column)
+        return text if self.plain.is_plain(column) else rule(column.type).prepare(text)
+
+    def _typed(self, i: int, column) -> sql.Composable:
+        """The value cast when valid (NULL otherwise); a plain cast where every value is known valid."""
+        type_rule, prepared = rule(column.type), self._prepared(i)
+        if self.plain.is_plain(column) and type_rule.plain_is_valid:
+            return type_rule.cast(prepared)
+        return sql.SQL("CASE WHEN {} THEN {} END").format(type_rule.valid(prepared), type_rule.cast(prepared))
+
     def typed_rows(self) -> sql.Composed:
         """Every staged row: its position, t_i (trimmed text) and v_i (typed value, NULL when not valid).
 
@@ -357,23 +376,15 @@ class _Typing:
         one below by name, so no expression is evaluated twice per row.
         """
         trim = sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(trimmed(sql.Identifier(column.source_field)), self._text(i))
-            for i, column in enumerate(self.columns)
+            sql.SQL("{} AS {}").format(self._trimmed(column.source_field), self._text(i)) for i, column in enumerate(self.columns)
         )
         texts = sql.SQL(", ").join(self._text(i) for i in range(len(self.columns)))
         inner = sql.SQL(", ").join(
-            sql.SQL("{prepared} AS {ni}").format(
-                prepared=rule(column.type).prepare(self._completed_text(i, column)), ni=self._prepared(i)
-            )
+            sql.SQL("{prepared} AS {ni}").format(prepared=self._prepare(i, column), ni=self._prepared(i))
             for i, column in enumerate(self.columns)
         )
         outer = sql.SQL(", ").join(
-            sql.SQL("{t}, CASE WHEN {valid} THEN {cast} END AS {v}").format(
-                t=self._text(i),
-                valid=rule(column.type).valid(self._prepared(i)),
-                cast=rule(column.type).cast(self._prepared(i)),
-                v=self._value(i),
-            )
+            sql.SQL("{t}, {typed} AS {v}").format(t=self._text(i), typed=self._typed(i, column), v=self._value(i))
             for i, column in enumerate(self.columns)
         )
         return sql.SQL(

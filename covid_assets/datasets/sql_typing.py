@@ -29,14 +29,19 @@ reads the text), and rules a typed value must keep, each a bad-row problem of it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from covid_assets.datasets.table_spec import ColumnRules, ColumnSpec
 from covid_assets.sources.socrata.metadata import WAREHOUSE_TYPES, WarehouseType
 
-__all__ = ["TypeRule", "RULES", "completed", "rule", "rule_problems", "trimmed", "WHOLE_NUMBER"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["Plain", "TypeRule", "RULES", "completed", "rule", "rule_problems", "trimmed", "WHOLE_NUMBER"]
 
 _WHITESPACE = " \t\r\n"
 _SIGNED_DECIMAL = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
@@ -57,6 +62,11 @@ class TypeRule:
     valid_template: str  # SQL with {n} standing for the prepared text
     cast_template: str
     prepare_template: str = "{t}"  # SQL with {t} standing for the trimmed text
+    # A regular expression (RE2, as Arrow reads it) for the usual values: a value matching it is left
+    # as it is by `prepare`, and, when `plain_is_valid`, is valid too. When a whole delivery's values
+    # of a column match, the loader skips that SQL (see `Plain`).
+    plain_pattern: str | None = None
+    plain_is_valid: bool = False
 
     def prepare(self, text: sql.Composable) -> sql.Composed:
         return sql.SQL(self.prepare_template).format(t=text)
@@ -107,6 +117,11 @@ def _iso(text: str, zone: bool = False) -> str:
     )
 
 
+def _as_pattern(shapes: tuple[str, ...]) -> str:
+    """The shapes (each digit a 9) as one regular expression: what `_iso` passes through unchanged."""
+    return "^(?:" + "|".join(shape.replace(".", r"\.").replace("9", "[0-9]") for shape in shapes) + ")$"
+
+
 def _shapes(shapes: tuple[str, ...]) -> str:
     return ", ".join(f"'{shape}'" for shape in shapes)
 
@@ -135,6 +150,8 @@ RULES: dict[WarehouseType, TypeRule] = {
             # At most 18 characters always fits (|n| < 10^18 < 2^63): only longer ones need Postgres' own check.
             "({n} ~ '^[+-]?[0-9]+$' AND (length({n}) <= 18 OR pg_input_is_valid({n}, 'bigint')))",
             "{n}::bigint",
+            plain_pattern=r"^(?:[+-][0-9]{1,17}|[0-9]{1,18})$",  # the valid template's first case
+            plain_is_valid=True,
         ),
         TypeRule("NUMERIC", "not a number", f"({_DECIMAL})", "{n}::numeric"),
         TypeRule(
@@ -143,8 +160,13 @@ RULES: dict[WarehouseType, TypeRule] = {
             f"({_DECIMAL} AND pg_input_is_valid({{n}}, 'double precision'))",
             "{n}::double precision",
         ),
-        TypeRule("DATE", "not a date", "coalesce(pg_input_is_valid({n}, 'date'), false)", "{n}::date", _DATE_TEXT),
-        TypeRule("TIMESTAMP", "not a timestamp", "coalesce(pg_input_is_valid({n}, 'timestamp'), false)", "{n}::timestamp", _DATE_TEXT),
+        TypeRule(
+            "DATE", "not a date", "coalesce(pg_input_is_valid({n}, 'date'), false)", "{n}::date", _DATE_TEXT, _as_pattern(_ISO_SHAPES)
+        ),
+        TypeRule(
+            "TIMESTAMP", "not a timestamp", "coalesce(pg_input_is_valid({n}, 'timestamp'), false)", "{n}::timestamp", _DATE_TEXT,
+            _as_pattern(_ISO_SHAPES),
+        ),
         TypeRule(
             "TIMESTAMPTZ",
             "not a timestamp with time zone",
@@ -166,6 +188,64 @@ def rule(warehouse_type: WarehouseType) -> TypeRule:
 def trimmed(column: sql.Composable) -> sql.Composed:
     """The value without surrounding whitespace; NULL when blank (blank is NULL for every type)."""
     return sql.SQL("NULLIF(btrim({}, {}), '')").format(column, sql.Literal(_WHITESPACE))
+
+
+_PADDED_OR_BLANK = f"^$|^[{_WHITESPACE}]|[{_WHITESPACE}]$"  # RE2: the values `trimmed` changes
+
+
+@dataclass
+class Plain:
+    """What a delivery's values of each staged field looked like, gathered page by page in Arrow
+    (a vectorised pass of a few milliseconds per column), so the typing SQL skips work that would
+    change nothing: `trimmed` for a field without a blank or padded value (0.25 s of typing on the
+    243k COVID rows), and a rule's `prepare` (and `valid`, where `plain_is_valid`) for a column whose
+    values all match the rule's `plain_pattern` (0.25 s for the dates and counts). One value
+    otherwise, anywhere in the delivery, and the column takes the full path on every page."""
+
+    patterns: dict[str, set[str]]  # field read by a base column -> the plain patterns of the rules that read it
+    padded: set[str]  # fields with a blank or padded value
+    irregular: set[tuple[str, str]]  # (field, pattern) with a value not matching
+    known: bool = True  # False: nothing was seen, every value takes the full path
+
+    @classmethod
+    def expecting(cls, columns: Sequence[ColumnSpec]) -> Plain:
+        """Ready to see the values of the staged fields that `columns` read (a padded or filled
+        column's rule reads other text than the field's: it always takes the full path)."""
+        patterns: dict[str, set[str]] = {}
+        for column in columns:
+            read = patterns.setdefault(column.source_field, set())
+            if (pattern := rule(column.type).plain_pattern) and not (column.rules.pad_width or column.rules.fill_map):
+                read.add(pattern)
+        return cls(patterns, set(), set())
+
+    @classmethod
+    def unknown(cls) -> Plain:
+        return cls({}, set(), set(), known=False)
+
+    def see(self, field: str, values: pa.ChunkedArray) -> None:
+        """One page's values of `field`, as staged (all-null pages change nothing: `any`/`all` give null)."""
+        import pyarrow.compute as pc
+
+        if field not in self.patterns:  # kept in the raw table only
+            return
+        if field not in self.padded and pc.any(pc.match_substring_regex(values, _PADDED_OR_BLANK)).as_py():
+            self.padded.add(field)
+        for pattern in self.patterns.get(field, ()):
+            if (field, pattern) not in self.irregular and pc.all(pc.match_substring_regex(values, pattern)).as_py() is False:
+                self.irregular.add((field, pattern))
+
+    def needs_trim(self, field: str) -> bool:
+        return not self.known or field in self.padded
+
+    def is_plain(self, column: ColumnSpec) -> bool:
+        """Every value of the column's field is left as it is by trimming and by its rule's `prepare`."""
+        pattern = rule(column.type).plain_pattern
+        return (
+            self.known
+            and pattern in self.patterns.get(column.source_field, ())
+            and column.source_field not in self.padded
+            and (column.source_field, pattern) not in self.irregular
+        )
 
 
 # ----------------------------------------------------------------------------- declared rules
