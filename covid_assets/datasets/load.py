@@ -157,6 +157,7 @@ def land(
     that is empty on all its rows, so only the whole delivery can show one missing. The caller's
     transaction holds the staging table; a refusal here leaves the stored tables untouched.
     """
+    _return_freed_memory()
     table = _staging_name("raw", spec)
     _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(table)))
     _execute(connection, _create_staging(table, spec.raw, fetched_at))
@@ -177,6 +178,14 @@ def land(
         nul_values=stager.nul_values,
         plain=stager.plain,
     )
+
+
+def _return_freed_memory() -> None:
+    """Arrow allocates from the system allocator from here on (process-wide), which hands freed
+    pages back: its default, mimalloc, kept the pages of decoded and staged batches, and a 2.5M-row
+    load peaked at 409-416 MB instead of 312 MB (measurement 8b; 299 vs 370-378 MB at 243k)."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _batches(tables: Iterable[pa.Table], rows: int, size: int) -> Iterator[pa.Table]:
