@@ -655,6 +655,7 @@ def test_typing_skips_only_what_would_change_nothing(connection) -> None:
     ]
     messy = [dict(row) for row in rows]
     messy[-1].update(text=" padded ", day="12/26/2021")
+    messy[-2].update(moment="2020-03-01T04:05:06.789\t")
     columns = {column.name: column for column in ALL_TYPES.columns}
 
     def typed(typing: load._Typing) -> list[tuple]:
@@ -662,12 +663,22 @@ def test_typing_skips_only_what_would_change_nothing(connection) -> None:
             cursor.execute(sql_text(typing.typed_rows()) + ' ORDER BY ":row"')
             return cursor.fetchall()
 
-    for delivery, padded, plain in ((rows, set(), {"id", "day", "moment"}), (messy, {"text"}, {"id", "moment"})):
+    for delivery, padded, plain in ((rows, set(), {"id", "day", "moment"}), (messy, {"text", "moment"}, {"id"})):
         landing = load.land(connection, TYPES_SPEC, pages_of(delivery, 20), FETCHED_AT)
         assert {name for name in columns if landing.plain.needs_trim(name)} == padded
         assert {name for name, column in columns.items() if landing.plain.is_plain(column)} == plain
         assert typed(load._Typing(TYPES_SPEC, landing.table, landing.plain)) == typed(load._Typing(TYPES_SPEC, landing.table, Plain.unknown()))
         connection.rollback()
+
+
+def test_a_blank_value_is_seen_as_one_to_trim() -> None:
+    from covid_assets.datasets.sql_typing import Plain
+
+    plain = Plain.expecting(ALL_TYPES.columns)
+    plain.see("text", pa.chunked_array([pa.array(["a", None, "b"])]))
+    assert not plain.needs_trim("text")
+    plain.see("text", pa.chunked_array([pa.array(["a", ""])]))
+    assert plain.needs_trim("text")
 
 
 def sql_text(statement) -> str:

@@ -190,9 +190,6 @@ def trimmed(column: sql.Composable) -> sql.Composed:
     return sql.SQL("NULLIF(btrim({}, {}), '')").format(column, sql.Literal(_WHITESPACE))
 
 
-_PADDED_OR_BLANK = f"^$|^[{_WHITESPACE}]|[{_WHITESPACE}]$"  # RE2: the values `trimmed` changes
-
-
 @dataclass
 class Plain:
     """What a delivery's values of each staged field looked like, gathered page by page in Arrow
@@ -228,8 +225,11 @@ class Plain:
 
         if field not in self.patterns:  # kept in the raw table only
             return
-        if field not in self.padded and pc.any(pc.match_substring_regex(values, _PADDED_OR_BLANK)).as_py():
-            self.padded.add(field)
+        if field not in self.padded:
+            size = pc.binary_length(values)
+            changed = pc.or_(pc.equal(size, 0), pc.not_equal(size, pc.binary_length(pc.utf8_trim(values, _WHITESPACE))))
+            if pc.any(changed).as_py():  # what `trimmed` would change: a blank or padded value
+                self.padded.add(field)
         for pattern in self.patterns.get(field, ()):
             if (field, pattern) not in self.irregular and pc.all(pc.match_substring_regex(values, pattern)).as_py() is False:
                 self.irregular.add((field, pattern))
