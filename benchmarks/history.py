@@ -1,6 +1,7 @@
-"""The cost of the revision history (covid_assets/datasets/history.py) on COVID-shaped data.
+"""Measurement 9: the cost of the revision history (covid_assets/datasets/history.py) on COVID-shaped data.
 
-    python benchmarks/history.py [--rows 243000] [--loads 30] [--reps 3]
+    ./dev bench --only 9                                   # in the suite's table (benchmarks/run.py)
+    python benchmarks/history.py [--rows 243000] [--loads 30] [--reps 3]   # alone, with the as-of plan
 
 Three figures, each against its target:
 
@@ -19,13 +20,13 @@ Three figures, each against its target:
    the history (table, indexes) are shown beside it: a version carries two load ids more than a
    row, and the history has two indexes more than the base table (the load ids).
 
-The warehouse is a throwaway embedded Postgres, or `COVID_BENCH_DB_URL`.
+The warehouse is a throwaway embedded Postgres, or `COVID_BENCH_DB_URL`; the data is the suite's
+synthetic dataset (benchmarks/dataset.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -42,12 +43,18 @@ import pyarrow as pa  # noqa: E402
 
 from benchmarks.dataset import generate  # noqa: E402
 from benchmarks.dataset_load import covid_shaped_spec, timed_load  # noqa: E402
+from benchmarks.measure import Timing  # noqa: E402
 from benchmarks.pg import Postgres  # noqa: E402
+from benchmarks.report import Row, text_table  # noqa: E402
 from covid_assets.datasets import load  # noqa: E402
 from covid_assets.datasets.history import HistoryNames  # noqa: E402
 
 PAGE_ROWS = 50_000
 REVISED_SHARE = 0.01
+LOADS_DEFAULT = 30
+MAX_WRITE_GROWTH = 1.2  # history adds at most 20% to the base-table write
+MAX_AS_OF = 2.0  # an as-of read at most 2x reading the base table
+MAX_SIZE = 1.05  # versions at most (base rows + changed rows) x 1.05
 COUNTS = ("new_results_reported", "total_results_reported")
 SPEC = covid_shaped_spec()
 NAMES = HistoryNames.of(SPEC.base)
@@ -91,13 +98,15 @@ def run_load(url: str, frame: pd.DataFrame, *, keep_history: bool, phases: dict[
     return counts
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
 
-def daily_refresh(pg: Postgres, frame: pd.DataFrame, reps: int) -> dict[bool, dict[str, list[float]]]:
+# ----------------------------------------------------------------------------- 1. the daily refresh
+def daily_refresh(pg: Postgres, frame: pd.DataFrame, reps: int, log) -> dict[bool, dict[str, Timing]]:
+    """Per history off/on: Timings of the base-table write and of the whole load."""
     before = yesterday(frame)
-    timings: dict[bool, dict[str, list[float]]] = {True: {"write": [], "load": []}, False: {"write": [], "load": []}}
+    timings = {keep: {"write": Timing(), "load": Timing()} for keep in (False, True)}
     for rep in range(reps):
         for keep_history in (False, True):  # alternated, so drifting load hits both
             with pg.fresh("history_refresh") as url:
@@ -106,10 +115,22 @@ def daily_refresh(pg: Postgres, frame: pd.DataFrame, reps: int) -> dict[bool, di
                 phases: dict[str, float] = {}
                 counts = run_load(url, frame, keep_history=keep_history, phases=phases)
                 for name, seconds in phases.items():
-                    timings[keep_history][name].append(seconds)
-                print(f"  refresh rep {rep + 1}, history {'on ' if keep_history else 'off'}: write {phases['write']:.3f} s, "
-                      f"load {phases['load']:.3f} s; {counts}", flush=True)
+                    timings[keep_history][name].samples.append(seconds)
+                log(f"9. daily refresh rep {rep + 1}, history {'on ' if keep_history else 'off'}: write {phases['write']:.3f} s, "
+                    f"load {phases['load']:.3f} s; {counts}")
     return timings
+
+
+def refresh_rows(timings: dict[bool, dict[str, Timing]], rows: int) -> list[Row]:
+    off, on = timings[False], timings[True]
+    growth = on["write"].median / off["write"].median
+    whole = f"whole load (land, gate, publish, merge, commit) {off['load'].median:.3f} s without, {on['load'].median:.3f} s with"
+    return [
+        Row("9a", "daily refresh (1% revised + latest day): base-table write, no history", off["write"], rows,
+            note=f"merge + commit, as a run's step does it, into yesterday's table; {whole}"),
+        Row("9b", "the same write, keeping history", on["write"], rows, ratio=f"{growth:.2f}× 9a",
+            target=f"≤ {MAX_WRITE_GROWTH:.2f}× 9a", verdict=verdict(growth <= MAX_WRITE_GROWTH)),
+    ]
 
 
 def vacuum(url: str) -> None:
@@ -117,18 +138,18 @@ def vacuum(url: str) -> None:
         cursor.execute("VACUUM ANALYZE")
 
 
-# ----------------------------------------------------------------------------- as-of reads
-def fetch_seconds(url: str, statement: str, reps: int) -> tuple[float, int]:
-    """Median seconds to fetch the statement's rows into Arrow (after one warm-up), and the row count."""
-    samples, rows = [], 0
+# ----------------------------------------------------------------------------- 2 and 3. after many loads
+def fetch_timing(url: str, statement: str, reps: int) -> tuple[Timing, int]:
+    """Seconds to fetch the statement's rows into Arrow, `reps` times after one warm-up, and the row count."""
+    timing, rows = Timing(), 0
     with adbc.connect(url) as connection, connection.cursor() as cursor:
         for rep in range(reps + 1):
             started = time.perf_counter()
             cursor.execute(statement)
             rows = cursor.fetch_arrow_table().num_rows
             if rep:
-                samples.append(time.perf_counter() - started)
-    return median(samples), rows
+                timing.samples.append(time.perf_counter() - started)
+    return timing, rows
 
 
 def scalar(url: str, statement: str):
@@ -144,61 +165,70 @@ def plan(url: str, statement: str) -> str:
     return "\n".join(f"      {line}" for (line,) in lines)
 
 
-def history_after_loads(pg: Postgres, frame: pd.DataFrame, loads: int, reps: int) -> None:
+def history_after_loads(pg: Postgres, frame: pd.DataFrame, loads: int, reps: int, log) -> list[Row]:
+    """Load the table, revise it `loads` times; time as-of reads of a past load against the base table, size the history."""
     with pg.fresh("history_loads") as url:
         current = frame
         run_load(url, current, keep_history=True)
+        loading = Timing()
         started = time.perf_counter()
         for n in range(loads):
             current = revised(current, seed=100 + n)
             run_load(url, current, keep_history=True)
-        print(f"  {loads} loads of {REVISED_SHARE:.0%} revisions in {time.perf_counter() - started:.1f} s", flush=True)
+        loading.samples.append(time.perf_counter() - started)
+        log(f"9. {loads} loads of {REVISED_SHARE:.0%} revisions in {loading.median:.1f} s")
         vacuum(url)
         past = 1 + loads // 2
         committed_at = scalar(url, f"SELECT committed_at::text FROM {LOADS} WHERE load_id = {past}")
-        base_s, base_rows = fetch_seconds(url, f"SELECT * FROM {BASE}", reps)
-        as_of_s, as_of_rows = fetch_seconds(url, f"SELECT * FROM {AS_OF}('{committed_at}')", reps)
-        at_load_s, at_load_rows = fetch_seconds(url, f"SELECT * FROM {AT_LOAD}({past})", reps)
-        print(f"\n2. as-of reads after {loads} loads (the table as of load {past} of {loads + 1})")
-        print(f"   base table          {base_s:.3f} s ({base_rows:,} rows)")
-        print(f"   _as_of(committed)   {as_of_s:.3f} s ({as_of_rows:,} rows) = {as_of_s / base_s:.2f}x base   target <= 2x  "
-              f"{'PASS' if as_of_s <= 2 * base_s else 'MISS'}")
-        print(f"   _at_load({past})       {at_load_s:.3f} s ({at_load_rows:,} rows) = {at_load_s / base_s:.2f}x base   target <= 2x  "
-              f"{'PASS' if at_load_s <= 2 * base_s else 'MISS'}")
-        print("   plan of the _as_of read:\n" + plan(url, f"SELECT * FROM {AS_OF}('{committed_at}')"))
-
+        base, base_rows = fetch_timing(url, f"SELECT * FROM {BASE}", reps)
+        as_of, as_of_rows = fetch_timing(url, f"SELECT * FROM {AS_OF}('{committed_at}')", reps)
+        at_load, at_load_rows = fetch_timing(url, f"SELECT * FROM {AT_LOAD}({past})", reps)
+        log("9. plan of the _as_of read:\n" + plan(url, f"SELECT * FROM {AS_OF}('{committed_at}')"))
         versions = scalar(url, f"SELECT count(*) FROM {HISTORY}")
         changed = int(scalar(url, f"SELECT sum(rows_added + rows_revised)::bigint FROM {LOADS} WHERE load_id > 1"))
-        bound_rows = (base_rows + changed) * 1.05
-        print(f"\n3. history size after {loads} loads")
-        print(f"   versions {versions:,} = base {base_rows:,} + changed {changed:,} ({versions / (base_rows + changed):.3f}x)   "
-              f"target <= {bound_rows:,.0f}  {'PASS' if versions <= bound_rows else 'MISS'}")
-        for name in (BASE, HISTORY):
-            heap, indexes = (scalar(url, f"SELECT pg_{kind}_size('{name}')") for kind in ("table", "indexes"))
-            print(f"   {name:<36} table {heap / 2**20:5.1f} MB, indexes {indexes / 2**20:5.1f} MB "
-                  f"({heap / (versions if name == HISTORY else base_rows):.0f} bytes a row)")
+        sizes = {name: [scalar(url, f"SELECT pg_{kind}_size('{name}')") / 2**20 for kind in ("table", "indexes")] for name in (BASE, HISTORY)}
+    size = versions / (base_rows + changed)
+    after = f"after {loads} loads of {REVISED_SHARE:.0%} revisions"
+    return [
+        Row("9c", f"base table fetched (ADBC → Arrow), {after}", base, base_rows),
+        Row("9d", f"_as_of(a past load's commit) fetched (load {past} of {loads + 1})", as_of, as_of_rows,
+            ratio=f"{as_of.median / base.median:.2f}× 9c", target=f"≤ {MAX_AS_OF:g}× 9c",
+            verdict=verdict(as_of.median <= MAX_AS_OF * base.median)),
+        Row("9e", f"_at_load({past}) fetched", at_load, at_load_rows, ratio=f"{at_load.median / base.median:.2f}× 9c",
+            target=f"≤ {MAX_AS_OF:g}× 9c", verdict=verdict(at_load.median <= MAX_AS_OF * base.median)),
+        Row("9f", f"history size {after} (time: the {loads} loads)", loading, None,
+            ratio=f"{versions:,} versions = {size:.3f}× base + changed", target=f"≤ {MAX_SIZE:g}× base + changed rows",
+            verdict=verdict(size <= MAX_SIZE),
+            note=f"{base_rows:,} base rows + {changed:,} changed = {base_rows + changed:,}; "
+            + "; ".join(f"{name} table {heap:.1f} MB, indexes {index:.1f} MB" for name, (heap, index) in sizes.items())),
+    ]
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- the measurement
+def history(pg: Postgres, frame: pd.DataFrame, reps: int, log, loads: int = LOADS_DEFAULT) -> list[Row]:
+    """Measurement 9: rows 9a-9f."""
+    log(f"9. daily refresh, {len(frame):,} rows, {REVISED_SHARE:.0%} revised + the latest day, with and without history")
+    rows = refresh_rows(daily_refresh(pg, frame, reps, log), len(frame))
+    log(f"9. {loads} loads, then as-of reads and the history's size")
+    return rows + history_after_loads(pg, frame, loads, reps + 2, log)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=243_000)
-    parser.add_argument("--loads", type=int, default=30)
+    parser.add_argument("--loads", type=int, default=LOADS_DEFAULT)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     pg = Postgres()
     try:
         print(pg.describe())
-        frame = generate(args.rows)
-        print(f"\n1. daily refresh, {args.rows:,} rows, {REVISED_SHARE:.0%} revised + the latest day (median of {args.reps})")
-        timings = daily_refresh(pg, frame, args.reps)
-        for name, what in (("write", "base-table write (merge + commit)"), ("load", "whole load (land, gate, publish, merge, commit)")):
-            off, on = median(timings[False][name]), median(timings[True][name])
-            target = f"   target <= 1.20x  {'PASS' if on <= 1.2 * off else 'MISS'}" if name == "write" else ""
-            print(f"   {what:<48} without history {off:.3f} s, with {on:.3f} s = {on / off:.2f}x{target}")
-        history_after_loads(pg, frame, args.loads, args.reps + 2)
+        rows = history(pg, generate(args.rows), args.reps, lambda line: print(line, flush=True), args.loads)
     finally:
         pg.stop()
+    print(text_table(rows))
+    for row in rows:
+        if row.note:
+            print(f"{row.key}: {row.note}")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ with its reference in the same run:
   2. writing the base table: IO manager vs bare ADBC append vs execute_values vs to_sql
   3. reading it back: IO manager vs ADBC fetch_arrow_table -> pandas
   4. the five summaries (pandas, and the same in SQL)
-  5. end to end: `dagster asset materialize` of the seven COVID tables (subprocess) vs the usual approach as
+  5. end to end: `dagster asset materialize` of the eight COVID tables (subprocess) vs the usual approach as
      one script (benchmarks/naive.py), wall time and peak RSS of the process tree
   6. a scheduled run when the source is unchanged (n/a until change detection exists)
   7. rewriting one daily partition of the base table vs a full write
   8. a declared dataset (benchmarks/scale/defs.yaml) at --rows and at --scale-rows: wall time and peak RSS
+  9. the revision history: a daily refresh's base-table write with and without it, as-of reads of a past
+     load after 30 loads vs the base table, and the history's size (benchmarks/history.py)
 
 Prints a table and writes it, with machine, versions and the command, into docs/BENCHMARKS.md
 (between the markers, keeping the hand-written text around them).
@@ -50,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows in the synthetic dataset (default {DEFAULT_ROWS:,})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic dataset")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 30,000 rows (300,000 for 8), 1 repetition, docs not written")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated measurements to run, e.g. 1,5 (3 includes 4)")
     parser.add_argument(
         "--scale-rows", type=int, default=SCALE_ROWS, help=f"measurement 8's large size (default {SCALE_ROWS:,}, ~10x the data)"
     )
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
     log(f"generating {args.rows:,} rows and starting the fake Socrata server ({args.latency_ms:.0f} ms latency)")
     server = ServerProcess(args.rows, args.seed, args.latency_ms / 1000, compress=args.gzip)
     try:
-        from benchmarks import report, scale, sections, unchanged
+        from benchmarks import history, report, scale, sections, unchanged
         from benchmarks.dataset import describe, generate, typed_base
         from benchmarks.pg import Postgres
 
@@ -116,6 +118,8 @@ def main(argv: list[str]) -> int:
                 rows += sections.partition_rewrite(bench)
             if "8" in args.only:
                 rows += scale.scale(bench, args.scale_rows, args.seed)
+            if "9" in args.only:
+                rows += history.history(pg, raw, args.reps, log)
             versions = {"covid_assets": report.code_version(ROOT), **report.versions(pg.describe())}
         finally:
             if bench is not None:

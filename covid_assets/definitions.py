@@ -6,7 +6,8 @@
                                           ├─> covid_19.state_results
                                           ├─> covid_19.smoothed_results
                                           ├─> covid_19.total_results
-                                          └─> covid_19.recent_positivity_results
+                                          ├─> covid_19.recent_positivity_results
+                                          └─> covid_19.revisions        (assets/revisions.py: a view over its history)
 
 Every table is written by the Postgres IO manager (storage/postgres_io.py) and carries a freshness
 policy (freshness.py); checks.py holds the asset checks. The daily schedule (schedules.py) refreshes
@@ -25,6 +26,7 @@ from pathlib import Path
 from dagster import AssetKey, Definitions, in_process_executor, load_from_defs_folder
 
 from covid_assets.alert_sensors import alert_sensors
+from covid_assets.assets.revisions import revisions
 from covid_assets.assets.summaries import SUMMARY_ASSETS
 from covid_assets.assets.tables import COVID
 from covid_assets.checks import base_table_checks, summary_table_checks
@@ -35,11 +37,11 @@ from covid_assets.schedules import daily_refresh_schedule, refresh_warehouse_job
 from covid_assets.sensors import source_sensor
 
 refresh_job = refresh_warehouse_job()
-summaries = with_freshness_policy(SUMMARY_ASSETS, table_freshness_policy())
+summaries = with_freshness_policy([*SUMMARY_ASSETS, revisions], table_freshness_policy())
 
 
 def covid_wiring(declared: Definitions) -> Definitions:
-    """What the COVID pipeline adds to its declared dataset: the five summaries, the warnings and summary
+    """What the COVID pipeline adds to its declared dataset: the five summaries and the revisions, the warnings and summary
     checks, the refresh_warehouse job with its schedule and source sensor, and the alert sensors, which
     watch the jobs, tables and sources of every `declared` dataset."""
     jobs = [refresh_job, *(declared.jobs or [])]
@@ -58,7 +60,7 @@ def covid_wiring(declared: Definitions) -> Definitions:
 
 def covid_definitions() -> Definitions:
     """The COVID pipeline alone: its declared source, raw and base table (built as the component builds
-    them from defs/covid_pcr_testing/defs.yaml), seven tables, checks, job, schedule and sensors."""
+    them from defs/covid_pcr_testing/defs.yaml), eight tables, checks, job, schedule and sensors."""
     dataset = dataset_definitions(COVID)
     return Definitions.merge(dataset, covid_wiring(dataset))
 

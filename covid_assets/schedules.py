@@ -38,7 +38,7 @@ def refresh_warehouse_job(environ: Mapping[str, str] | None = None) -> "Unresolv
         selection=AssetSelection.assets(*TABLE_ASSET_KEYS),  # the COVID tables; each declared dataset has its own job
         tags={MAX_RUNTIME_TAG: str(int(max_runtime_s))},
         description=(
-            "Full refresh: fetch the whole dataset, rebuild the base table and the five summaries. "
+            "Full refresh: fetch the whole dataset, rebuild the base table, the five summaries and the revisions. "
             f"Failed by run monitoring after {max_runtime_s:g} s ({MAX_RUNTIME_ENV})."
         ),
     )

@@ -5,7 +5,7 @@ already make), records the observation and the publisher-staleness evaluation, a
 version differs from the one it saw last, asks for a `refresh_warehouse` run keyed by that version:
 one release gives exactly one run, whatever the ticks and restarts. The sensor itself is the one
 every declared dataset gets (`datasets/component.py`, `dataset_sensor`); here it gets its name, its
-poll interval and its on/off setting, and the job of all seven tables. The daily schedule stays the
+poll interval and its on/off setting, and the job of all eight tables. The daily schedule stays the
 backstop.
 
 Silence it in the UI (Automation, `socrata_source_sensor`), with `dagster sensor stop

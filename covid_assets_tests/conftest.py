@@ -37,7 +37,7 @@ def warehouse_url(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def snapshot_load(postgres_server_url: str):
-    """One materialization of all seven assets from the bundled snapshot, kept as a template
+    """One materialization of all eight tables from the bundled snapshot, kept as a template
     database: (its name, the run's result). Tests get copies (`snapshot_warehouse`)."""
     name, url = create_database(postgres_server_url, "snapshot_template")
     result = materialize_all(url, from_file(SNAPSHOT))

@@ -13,7 +13,8 @@ import psycopg
 from psycopg import sql
 
 from covid_assets.assets.tables import ALL_TABLES as TABLES
-from covid_assets.assets.tables import COVID_SELECTION
+from covid_assets.assets.tables import BASE, COVID_SELECTION
+from covid_assets.datasets.history import LOADS, HistoryNames
 from covid_assets.sources.socrata import SocrataSource, SocrataTarget
 from covid_assets.storage.warehouse import DATABASE_PART_ENV
 
@@ -21,7 +22,10 @@ from covid_assets.storage.warehouse import DATABASE_PART_ENV
 SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testing_20210228.csv.gz"
 SNAPSHOT_ROWS = 57_459
 
-__all__ = ["COVID_SELECTION", "SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
+# The base table's revision history and its loads: a run that fails or dies leaves them as they were, too.
+HISTORY_TABLES = [f"{BASE.schema}.{HistoryNames.of(BASE).history_name}", f"{BASE.schema}.{LOADS}"]
+
+__all__ = ["COVID_SELECTION", "HISTORY_TABLES", "SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
 
 REPO = Path(__file__).parents[1]
 
@@ -93,10 +97,10 @@ def as_role(url: str, role: str, statement: str) -> list[tuple]:
 
 
 def table_fingerprints(url: str) -> dict[str, tuple]:
-    """Row count and an order-independent checksum of every table (fetched_at excluded)."""
+    """Row count and an order-independent checksum of every table, the history and the loads (fetched_at excluded)."""
     fingerprints = {}
     with psycopg.connect(url) as conn:
-        for table in TABLES:
+        for table in [*TABLES, *HISTORY_TABLES]:
             columns = [
                 name
                 for (name,) in conn.execute(
@@ -156,7 +160,7 @@ def from_api(base_url: str, app_token: str | None = None) -> dict[str, str]:
 def materialize_all(
     url: str, source: dict[str, str], socrata=None, raise_on_error: bool = True, instance=None, run_config=None, warehouse=None
 ):
-    """All seven assets and their checks, in process, on the warehouse at `url`, reading `source`
+    """All eight tables and their checks, in process, on the warehouse at `url`, reading `source`
     (`from_file(...)` or `from_api(...)`); `socrata` and `warehouse` set the resources' tuning knobs."""
     from dagster import materialize
 

@@ -17,6 +17,7 @@ from covid_assets.storage.postgres_io import warehouse_resources
 from covid_assets_tests.support import FakeSocrata
 from covid_assets_tests.helpers import (
     SNAPSHOT,
+    TABLES,
     deployment,
     failure_message,
     from_api,
@@ -84,7 +85,7 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
         server.rows_updated_at = 1_700_000_000
         source, knobs = from_api(server.base_url), SocrataSource(page_size=20_000)
         first = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
-        assert len(materialized(first)) == 7
+        assert len(materialized(first)) == len(TABLES)
         before = table_fingerprints(warehouse_url)
 
         requests_before = len(server.requests)
@@ -100,7 +101,7 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
         assert table_fingerprints(warehouse_url) == before
 
         forced = materialize_all(warehouse_url, source, knobs, instance=instance)  # a manual run is a forced refresh
-        assert len(materialized(forced)) == 7
+        assert len(materialized(forced)) == len(TABLES)
 
         server.rows_updated_at = 1_700_086_400  # touched, same rows: one full fetch, then no write
         touched = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
@@ -112,14 +113,14 @@ def test_scheduled_run_on_an_unchanged_api_source_writes_nothing(warehouse_url: 
         server.set_rows(revised.to_dict("records"))
         server.rows_updated_at = 1_700_172_800
         changed = materialize_all(warehouse_url, source, knobs, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
-        assert len(materialized(changed)) == 7
+        assert len(materialized(changed)) == len(TABLES)
         assert table_fingerprints(warehouse_url) != before
 
 
 def test_scheduled_run_on_an_unchanged_file_skips_the_writes(warehouse_url: str) -> None:
     instance = DagsterInstance.ephemeral()
     source = from_file(SNAPSHOT)
-    assert len(materialized(materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG))) == 7
+    assert len(materialized(materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG))) == len(TABLES)
     second = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
     assert second.success and materialized(second) == set()
     assert not any(step.startswith("covid_19__") for step in executed_steps(second))
@@ -150,7 +151,7 @@ def test_skip_requires_the_warehouse_to_still_hold_the_last_load(warehouse_url: 
         conn.execute("DELETE FROM covid_19.covid_test_results_history")
         conn.execute("DELETE FROM covid_19.loads WHERE table_name = 'covid_test_results'")
     again = materialize_all(warehouse_url, source, instance=instance, run_config=SCHEDULED_RUN_CONFIG)
-    assert len(materialized(again)) == 7
+    assert len(materialized(again)) == len(TABLES)
     assert query(warehouse_url, "SELECT count(*) FROM covid_19.covid_test_results") == [(57_459,)]
 
 
@@ -175,7 +176,7 @@ def test_checks_pass_on_the_real_snapshot_and_warn_about_its_quirks(snapshot_loa
     assert negative["negative_daily_counts"].value == 6
     assert "| WY | Inconclusive |" in negative["worst_rows"].value
     assert checks[("covid_test_results", "cumulative_totals_decrease")].metadata["rows_with_decreasing_total"].value == 6
-    assert len(checks) == 8 + 2 + 5 * 2 + 3  # base: 5 blocking, 3 warnings, 2 of its revision history; summaries
+    assert len(checks) == 8 + 2 + 6 * 2 + 3  # base: 5 blocking, 3 warnings, 2 of its revision history; summaries and revisions
 
 
 def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(

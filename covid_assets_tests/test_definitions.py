@@ -16,6 +16,7 @@ from covid_assets.assets.tables import SOURCE_ASSET_KEY as SOURCE
 from covid_assets.assets.tables import TABLE_ASSET_KEYS
 
 SUMMARIES = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results"]
+REPORTING = [*SUMMARIES, "revisions"]  # the five summaries (pandas) and the revisions (SQL over the base table's history)
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_definitions_are_loadable() -> None:
     Definitions.validate_loadable(covid_assets.definitions.defs)
 
 
-def test_lineage_is_source_then_raw_then_base_then_five_summaries() -> None:
+def test_lineage_is_source_then_raw_then_base_then_five_summaries_and_the_revisions() -> None:
     graph = covid_assets.definitions.defs.resolve_asset_graph()
     raw = AssetKey(["covid_19_raw", "raw_covid_test_results"])
     base = AssetKey(["covid_19", "covid_test_results"])
@@ -45,10 +46,10 @@ def test_lineage_is_source_then_raw_then_base_then_five_summaries() -> None:
     assert graph.get(raw).parent_keys == {SOURCE}
     assert graph.get(base).parent_keys == {raw}
     assert {key for key in graph.get_all_asset_keys() if graph.get(key).parent_keys == {base}} == {
-        AssetKey(["covid_19", name]) for name in SUMMARIES
+        AssetKey(["covid_19", name]) for name in REPORTING
     }
     covid_keys = {SOURCE, *TABLE_ASSET_KEYS}
-    assert len(covid_keys) == 8
+    assert len(covid_keys) == 9
     # Everything else comes from the declared datasets (covid_assets/defs/), upstream of none of these.
     assert all(graph.get(key).parent_keys.isdisjoint(covid_keys) for key in graph.get_all_asset_keys() - covid_keys)
 
@@ -102,7 +103,8 @@ def test_every_table_has_a_description_group_owner_kinds_and_column_docs() -> No
             continue
         assert spec.description and len(spec.description) > 80, spec.key
         assert spec.group_name in {"ingestion", "warehouse", "reporting"}, spec.key
-        assert "postgres" in spec.kinds and ("pandas" in spec.kinds) == (spec.group_name == "reporting"), spec.key  # raw and base: SQL
+        assert "postgres" in spec.kinds, spec.key
+        assert ("pandas" in spec.kinds) == (spec.key.path[-1] in SUMMARIES), spec.key  # raw, base and revisions: SQL
         assert spec.owners == ["team:data-platform"], spec.key
         assert spec.metadata["column_descriptions"], spec.key
     raw = covid_assets.definitions.defs.resolve_assets_def(AssetKey(["covid_19_raw", "raw_covid_test_results"]))

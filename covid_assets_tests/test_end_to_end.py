@@ -1,4 +1,4 @@
-"""All seven assets on the real snapshot, in a real Postgres, checked against independent SQL."""
+"""All eight tables on the real snapshot, in a real Postgres, checked against independent SQL."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def same_rows(actual: list[tuple], expected: list[tuple]) -> bool:
 
 @pytest.fixture(scope="module")
 def loaded_warehouse(postgres_server_url: str, snapshot_load):
-    """The snapshot load (all seven assets), shared by the read-only checks below: (URL, run result)."""
+    """The snapshot load (all eight tables), shared by the read-only checks below: (URL, run result)."""
     template, result = snapshot_load
     with fresh_database(postgres_server_url, "e2e", template=template) as url:
         yield url, result
@@ -50,6 +50,7 @@ def test_every_table_is_loaded(loaded_warehouse) -> None:
     assert counts["covid_19.smoothed_results"] == 364  # 2020-03-01 .. 2021-02-27
     assert counts["covid_19.total_results"] == 56
     assert counts["covid_19.recent_positivity_results"] == 10
+    assert counts["covid_19.revisions"] == counts["covid_19.state_results"]  # the first load added every jurisdiction's rows
 
 
 def test_base_table_has_its_primary_key_and_types(loaded_warehouse) -> None:
@@ -203,6 +204,9 @@ def test_materialization_metadata(loaded_warehouse) -> None:
     assert by_table["covid_19.smoothed_results"]["latest_7day_positivity_pct"].value == query(
         url, "SELECT smoothed_positivity_rate FROM covid_19.smoothed_results ORDER BY date DESC LIMIT 1"
     )[0][0]
+    revisions = by_table["covid_19.revisions"]  # the first load: every row added, one row per jurisdiction
+    assert (revisions["latest_load_id"].value, revisions["rows_added"].value, revisions["rows_revised"].value) == (1, SNAPSHOT_ROWS, 0)
+    assert revisions["states_touched"].value == revisions["dagster/row_count"].value == by_table["covid_19.state_results"]["dagster/row_count"].value
     lineage = by_table["covid_19.state_results"]["dagster/column_lineage"].value.deps_by_column
     assert {dep.column_name for dep in lineage["positivity_rate"]} == {"new_results_reported", "overall_outcome"}
     assert {dep.asset_key for deps in lineage.values() for dep in deps} == {AssetKey(["covid_19", "covid_test_results"])}

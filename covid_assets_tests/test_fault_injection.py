@@ -1,9 +1,9 @@
-"""Fault injection: all seven assets against a Socrata look-alike and a real Postgres.
+"""Fault injection: all eight tables against a Socrata look-alike and a real Postgres.
 
 Every case starts from a warehouse that already holds a good load (four jurisdictions of the
 real snapshot, 4,213 rows), injects one fault, runs the pipeline again and checks two things:
 the outcome (a success with its retries counted, or a clear error), and that nothing stored was
-lost (`table_fingerprints` of all seven tables before and after).
+lost (`table_fingerprints` of all eight tables, the history and the loads, before and after).
 
 Failures in the middle of a table write are made deterministic with a lock: the test holds an
 uncommitted row whose key the refresh is about to insert (the writer's COPY then waits on the
@@ -37,6 +37,7 @@ from covid_assets.storage.warehouse import WarehouseResource
 from covid_assets_tests.support import FakeSocrata, Fault
 from covid_assets_tests.helpers import (
     COVID_SELECTION,
+    HISTORY_TABLES,
     SNAPSHOT,
     TABLES,
     as_role,
@@ -123,7 +124,7 @@ def loaded_template(postgres_server_url: str, good_rows: list[dict[str, str]]) -
 
 @pytest.fixture
 def loaded(postgres_server_url: str, loaded_template: tuple[str, dict]) -> Iterator[Loaded]:
-    """A fresh database that already holds the good load (all seven tables)."""
+    """A fresh database that already holds the good load (all eight tables)."""
     template, fingerprints = loaded_template
     with fresh_database(postgres_server_url, "fi", template=template) as url:
         before = table_fingerprints(url)
@@ -768,7 +769,7 @@ def test_sigkill_in_the_base_write_loses_nothing(killed_mid_base_write: Died, gr
     assert f"exit code {-signal.SIGKILL};" in died.message, died.message
     assert "RUN_SUCCESS" not in died.message
     assert died.sessions_left == []  # no backend, open transaction or lock outlived the process
-    assert unchanged(died, [BASE, *SUMMARIES]) == dict.fromkeys([BASE, *SUMMARIES], True)
+    assert unchanged(died, [BASE, *SUMMARIES, *HISTORY_TABLES]) == dict.fromkeys([BASE, *SUMMARIES, *HISTORY_TABLES], True)
     assert count(died.url, BASE) == 4_213
 
     grown_csv = tmp_path / "grown.csv"
@@ -848,7 +849,7 @@ def test_database_restart_in_the_base_write_fails_clearly_and_loses_nothing(
     assert re.search(DATABASE_WENT_AWAY, died.message), died.message
     assert "load_covid_pcr_testing" in died.message  # the failing step is named (it writes the raw and base tables)
     assert died.sessions_left == []
-    assert unchanged(died, [BASE, *SUMMARIES]) == dict.fromkeys([BASE, *SUMMARIES], True)
+    assert unchanged(died, [BASE, *SUMMARIES, *HISTORY_TABLES]) == dict.fromkeys([BASE, *SUMMARIES, *HISTORY_TABLES], True)
 
     with FakeSocrata(grown_rows) as fake:
         again, _ = run(died.url, fake)
@@ -870,7 +871,7 @@ def test_database_restart_in_the_raw_write_fails_clearly_and_leaves_every_table(
     assert "load_covid_pcr_testing" in died.message
     assert re.search(DATABASE_WENT_AWAY, died.message), died.message
     assert died.sessions_left == []
-    assert unchanged(died, TABLES) == dict.fromkeys(TABLES, True)
+    assert unchanged(died, [*TABLES, *HISTORY_TABLES]) == dict.fromkeys([*TABLES, *HISTORY_TABLES], True)
 
     with FakeSocrata(grown_rows) as fake:
         again, _ = run(died.url, fake)

@@ -68,7 +68,7 @@ def test_an_unchanged_day_confirms_every_table_without_writing_and_keeps_change_
     instance = DagsterInstance.ephemeral()
     with FakeSocrata(rows) as server:
         load = scheduled(warehouse_url, server, instance)
-        assert len(materialized(load)) == 7
+        assert len(materialized(load)) == len(TABLE_ASSET_KEYS)
         loaded = latest(instance)
         before = table_fingerprints(warehouse_url)
 
@@ -94,14 +94,14 @@ def test_an_unchanged_day_confirms_every_table_without_writing_and_keeps_change_
 def test_a_touched_source_is_confirmed_by_content_and_the_next_day_needs_two_requests(warehouse_url: str, rows) -> None:
     instance = DagsterInstance.ephemeral()
     with FakeSocrata(rows) as server:
-        assert len(materialized(scheduled(warehouse_url, server, instance))) == 7
+        assert len(materialized(scheduled(warehouse_url, server, instance))) == len(TABLE_ASSET_KEYS)
         server.rows_updated_at += 86_400  # republished, same rows
         touched = scheduled(warehouse_url, server, instance)
-        assert materialized(touched) == set() and len(confirmed(touched)) == 7
+        assert materialized(touched) == set() and len(confirmed(touched)) == len(TABLE_ASSET_KEYS)
         assert latest(instance)[RAW_ASSET_KEY].asset_materialization.metadata["rows_updated_at"].value == server.rows_updated_at
         pages_before = len(server.page_requests())
         next_day = scheduled(warehouse_url, server, instance)
-        assert len(confirmed(next_day)) == 7 and len(server.page_requests()) == pages_before  # no full fetch again
+        assert len(confirmed(next_day)) == len(TABLE_ASSET_KEYS) and len(server.page_requests()) == pages_before  # no full fetch again
 
 
 def test_a_dropped_table_is_reloaded_not_confirmed(warehouse_url: str, rows) -> None:
@@ -111,7 +111,7 @@ def test_a_dropped_table_is_reloaded_not_confirmed(warehouse_url: str, rows) -> 
         with psycopg.connect(warehouse_url) as conn:
             conn.execute("DROP TABLE covid_19.state_results")
         again = scheduled(warehouse_url, server, instance)
-        assert len(materialized(again)) == 7 and confirmed(again) == set()
+        assert len(materialized(again)) == len(TABLE_ASSET_KEYS) and confirmed(again) == set()
         assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(2,)]
 
 

@@ -383,7 +383,7 @@ def run_the_phases(d: Deployment, webhook: WebhookReceiver, box: Mailbox, log: T
     assert all(entry.asset_materialization.metadata["rows_written"].value == 0 for entry in confirmations.values())
     confirmed_at = min(entry.timestamp for entry in confirmations.values())
     log.add(f"alert run_failed for {hung_id[:8]}: '{hang_alert['error']}'; queued run {queued_id[:8]} started "
-            f"{queued['startTime'] - hung['endTime']:.1f} s after, source unchanged: 7 tables confirmed, 0 rows written")
+            f"{queued['startTime'] - hung['endTime']:.1f} s after, source unchanged: {len(TABLE_ASSET_KEYS)} tables confirmed, 0 rows written")
     wait_for("the recovered alert after the hang", lambda: [p for p in webhook.accepted("recovered") if p["run_id"] == queued_id], 30, alive=d.alive)
 
     # 3. HTTP 500 forever: the observation fails visibly; a refresh fails, is retried once, one alert.
@@ -432,11 +432,11 @@ def run_the_phases(d: Deployment, webhook: WebhookReceiver, box: Mailbox, log: T
     assert time.time() - r1["endTime"] > FRESHNESS_WINDOW_S
     assert {status for status, _ in fresh.values()} == {"HEALTHY"}, fresh
     assert all(abs(at - confirmed_at) < 5 for _, at in fresh.values()), (fresh, confirmed_at)
-    log.add(f"{time.time() - r1['endTime']:.0f} s after the load (window {FRESHNESS_WINDOW_S} s): all 7 tables HEALTHY, "
+    log.add(f"{time.time() - r1['endTime']:.0f} s after the load (window {FRESHNESS_WINDOW_S} s): all {len(TABLE_ASSET_KEYS)} tables HEALTHY, "
             f"last confirmed by the unchanged-source run {time.time() - confirmed_at:.0f} s ago")
     stale = wait_for("stale tables", lambda: (f := d.freshness()) and {s for s, _ in f.values()} == {"DEGRADED"} and f, FRESHNESS_WINDOW_S + 30, alive=d.alive)
     stale_alert = only(wait_for("the tables_stale alert", lambda: webhook.accepted("tables_stale"), 30, alive=d.alive), "tables_stale alert")
-    assert stale_alert["text"].count("- covid_19") == 7, stale_alert["text"]
+    assert stale_alert["text"].count("- covid_19") == len(TABLE_ASSET_KEYS), stale_alert["text"]
     log.add(f"{time.time() - confirmed_at:.0f} s after the confirmation: all {len(stale)} tables DEGRADED (stale); "
             f"one tables_stale alert: {stale_alert['text'].splitlines()[0]}")
 

@@ -38,14 +38,15 @@ ASSETS = {
     "smoothed_results": ("covid_19/smoothed_results", "reporting"),
     "total_results": ("covid_19/total_results", "reporting"),
     "recent_positivity_results": ("covid_19/recent_positivity_results", "reporting"),
+    "revisions": ("covid_19/revisions", "reporting"),
 }
-SUMMARIES = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results"]
+REPORTING = ["outcome_results", "state_results", "smoothed_results", "total_results", "recent_positivity_results", "revisions"]
 # The published dataset: an observable source asset upstream of the raw table (observed, never materialized).
 SOURCE = "covid_pcr_testing_time_series"
 NODES = {**ASSETS, SOURCE: ("socrata/covid_pcr_testing_time_series", "ingestion")}
 EDGES = (
     {(SOURCE, "raw_covid_test_results"), ("raw_covid_test_results", "covid_test_results")}
-    | {("covid_test_results", name) for name in SUMMARIES}
+    | {("covid_test_results", name) for name in REPORTING}
 )
 # The other declared dataset of the code location (covid_assets/defs/cdc_cases_deaths_by_state), in its own group.
 DECLARED = {
@@ -272,10 +273,10 @@ def test_asset_graph_materialize_all_and_a_summary_page(
         page.mouse.move(box["x"] + 10, box["y"] + box["height"] - 10)  # on the background: no hover highlight
         page.screenshot(path=path)
 
-    # 1. The asset graph: eight nodes (the observed source and the seven tables) in their three groups, and the seven edges.
+    # 1. The asset graph: nine nodes (the observed source and the eight tables) in their three groups, and the eight edges.
     open_graph(first_visit=True)
     page.get_by_role("button", name="Hide navigation").click()
-    # Groups start collapsed: open them all, and lay the graph out top-down (the five summaries side by side).
+    # Groups start collapsed: open them all, and lay the graph out top-down (the six reporting tables side by side).
     page.locator("button:has([aria-label='settings'])").last.click()
     page.get_by_role("menuitem", name="Expand all groups").click()
     page.get_by_role("menuitem", name="vertical orientation").click()

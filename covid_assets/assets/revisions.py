@@ -6,15 +6,27 @@ datasets/history.py). A version opened by load L is a row L added or the new val
 revised; a version closed by L is the old value of a revised row or a withdrawn row. So per
 (load, state): rows added, revised and withdrawn, the change the load made to the state's total
 positive results and total results (new values minus old), and the earliest date it touched.
+
+It is a view, not a table the IO manager writes: a run writes inside one transaction, and the
+load's `committed_at` is stamped by a deferred trigger at COMMIT, so a copy written by the run
+would hold NULL for exactly the load it describes. The view reads it when asked; a filter on
+`load_id` reaches the history's indexes on `valid_from_load` and `valid_to_load`. The asset keeps
+the view's definition current (replacing it only when it changed, so readers are not locked out
+for the rest of the run) and reports the latest load's figures, which the UI plots run over run.
 """
 
-from __future__ import annotations
 
+import pandas as pd
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 from psycopg import sql
 
-from covid_assets.datasets.history import LOADS, VALID_FROM, VALID_TO
+from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, OWNERS, REVISIONS
+from covid_assets.datasets.history import LOADS, VALID_FROM, VALID_TO, HistoryNames
+from covid_assets.datasets.table_spec import TableSpec
+from covid_assets.storage.postgres_io import PREVIEW_ROWS
+from covid_assets.storage.warehouse import WarehouseResource
 
-__all__ = ["revisions_query"]
+__all__ = ["revisions", "revisions_query"]
 
 _COUNT = "new_results_reported"
 
@@ -52,3 +64,81 @@ def revisions_query(schema: str, table: str) -> sql.Composed:
         loads=sql.Identifier(schema, LOADS),
         table=sql.Literal(table),
     )
+
+
+# ----------------------------------------------------------------------------- the asset
+VIEW = sql.Identifier(REVISIONS.schema, REVISIONS.name)
+_LATEST_FIGURES = ("rows_added", "rows_revised", "rows_withdrawn", "positive_results_change", "total_results_change")
+
+
+@asset(
+    key=REVISIONS.asset_key,
+    deps=[BASE_ASSET_KEY],
+    metadata=REVISIONS.definition_metadata(),
+    owners=OWNERS,
+    group_name="reporting",
+    kinds={"postgres", "sql"},
+    description=REVISIONS.description,
+)
+def revisions(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    """Keep `covid_19.revisions` defined over the base table's history; report the latest load's figures."""
+    names = HistoryNames.of(BASE)
+    needed = [(names.schema, names.history_name), (names.schema, LOADS)]
+    if missing := warehouse.missing_tables(needed):
+        named = [f"{schema}.{table}" for schema, table in needed if sql.Identifier(schema, table).as_string() in missing]
+        raise Failure(f"{', '.join(named)} missing: materialize {BASE.qualified_name} first (its loads record the history)")
+    view = ensure_view(warehouse, REVISIONS, revisions_query(BASE.schema, BASE.name))
+    context.log.info(f"{REVISIONS.qualified_name}: view {view}")
+    (rows,) = warehouse.query(sql.SQL("SELECT count(*) FROM {}").format(VIEW))[0]
+    latest_id, latest = latest_load(warehouse)
+    return MaterializeResult(metadata={
+        "dagster/table_name": REVISIONS.qualified_name,
+        "dagster/row_count": int(rows),
+        "dagster/column_schema": REVISIONS.written_column_schema,
+        "dagster/column_lineage": REVISIONS.column_lineage(BASE_ASSET_KEY),
+        "dagster/storage_kind": "postgres",
+        "view": view,
+        "latest_load_id": latest_id,
+        "states_touched": len(latest),
+        **{figure: int(latest[figure].sum()) for figure in _LATEST_FIGURES},
+        "preview": MetadataValue.md(latest.head(PREVIEW_ROWS).to_markdown(index=False)),
+    })
+
+
+def latest_load(warehouse: WarehouseResource) -> tuple[int | None, pd.DataFrame]:
+    """The latest load's id (None before the first) and its rows of the view, most changed states first.
+
+    Without `committed_at`: inside the run it is NULL until COMMIT for the load the run made.
+    """
+    columns = [name for name in REVISIONS.column_names if name != "committed_at"]
+    (latest_id,) = warehouse.query(sql.SQL("SELECT max(load_id) FROM {} WHERE table_name = {}").format(
+        sql.Identifier(BASE.schema, LOADS), sql.Literal(BASE.name)))[0]
+    rows = warehouse.query(sql.SQL(
+        "SELECT {} FROM {} WHERE load_id = {} ORDER BY rows_added + rows_revised + rows_withdrawn DESC, state"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, columns)), VIEW, sql.Literal(latest_id)))
+    return latest_id, pd.DataFrame(rows, columns=columns)
+
+
+def ensure_view(warehouse: WarehouseResource, spec: TableSpec, query: sql.Composable) -> str:
+    """Create the view `spec` describes, or replace it when its definition differs from `query`:
+    "created", "replaced" or "unchanged".
+
+    Replacing a view locks out its readers until the run commits, so an unchanged one is left alone
+    (compared through a temporary view of `query`, deparsed by Postgres as the stored one is).
+    """
+    view = sql.Identifier(spec.schema, spec.name)
+    (kind,) = warehouse.query(sql.SQL("SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass({}))").format(
+        sql.Literal(view.as_string())))[0]
+    if kind not in (None, "v"):
+        raise Failure(f"{spec.qualified_name} exists and is not a view (relkind {kind!r}): rename or drop it, the revisions are a view")
+    if kind == "v":
+        wanted = sql.Identifier("pg_temp", f"{spec.name}_wanted")
+        warehouse.query(sql.SQL("CREATE TEMPORARY VIEW {} AS {}").format(wanted, query))
+        (same,) = warehouse.query(sql.SQL("SELECT pg_get_viewdef({}::regclass) = pg_get_viewdef({}::regclass)").format(
+            sql.Literal(wanted.as_string()), sql.Literal(view.as_string())))[0]
+        warehouse.query(sql.SQL("DROP VIEW {}").format(wanted))
+        if same:
+            return "unchanged"
+    warehouse.query(sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(view, query))
+    warehouse.query(sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(spec.description)))
+    return "created" if kind is None else "replaced"

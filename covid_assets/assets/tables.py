@@ -1,7 +1,7 @@
-"""The COVID pipeline's seven warehouse tables, each described once (key = [schema, table]).
+"""The COVID pipeline's eight warehouse tables, each described once (key = [schema, table]).
 
 The raw and base tables are the declaration's (`COVID`, from covid_assets/defs/covid_pcr_testing/
-defs.yaml: columns, types, typing rules, key); each summary is one `TableSpec` here: its name, key,
+defs.yaml: columns, types, typing rules, key); each summary, and the revisions, is one `TableSpec` here: its name, key,
 description and, per column, the Postgres type, what the column means and which base-table columns
 it is computed from. The asset keys, primary keys, the summaries' pandas dtypes, the checks' keys,
 the Postgres types the IO manager creates and the column schema and lineage the UI shows are all
@@ -113,15 +113,45 @@ RECENT_POSITIVITY_RESULTS = _summary(
     ("positivity_rate", _RATE, "positive / total × 100 in the window, 2 decimals.", _DAILY),
 )
 
+_KEY = tuple(BASE.key)
+_CHANGE = "(new minus old values of new_results_reported)"
+REVISIONS = TableSpec.build(
+    SCHEMA,
+    "revisions",
+    [
+        ColumnSpec("load_id", "BIGINT", "The load (covid_19.loads.load_id): 1, 2, 3, ... in the order the loads were applied."),
+        ColumnSpec("committed_at", "TIMESTAMPTZ",
+                   "When the load became visible (its COMMIT); covid_test_results_as_of(committed_at) reads what it left."),
+        ColumnSpec("state", "TEXT", "Two-letter jurisdiction code.", lineage=("state",)),
+        ColumnSpec("rows_added", "BIGINT", "The state's rows with a key the table did not hold before the load.", lineage=_KEY),
+        ColumnSpec("rows_revised", "BIGINT", "The state's rows whose values the load changed.", lineage=tuple(BASE.column_names)),
+        ColumnSpec("rows_withdrawn", "BIGINT", "The state's rows the load removed (accepted with allow_shrink).", lineage=_KEY),
+        ColumnSpec("positive_results_change", "BIGINT", f"What the load added to the state's positive results {_CHANGE}.",
+                   lineage=_COUNT),
+        ColumnSpec("total_results_change", "BIGINT", f"What the load added to the state's results of all outcomes {_CHANGE}.",
+                   lineage=("new_results_reported",)),
+        ColumnSpec("earliest_date_touched", "DATE", "The earliest date of the rows the load added, revised or withdrew.",
+                   lineage=("date",)),
+    ],
+    key=["load_id", "state"],
+    description=(
+        "What did each load change in each jurisdiction's history? One row per load and jurisdiction it touched: rows "
+        "added, revised and withdrawn, the change in positive and in all results, the earliest date touched. A view "
+        "over covid_19.covid_test_results_history and covid_19.loads, so always as current as the history."
+    ),
+)
+
 SUMMARIES = (OUTCOME_RESULTS, STATE_RESULTS, SMOOTHED_RESULTS, TOTAL_RESULTS, RECENT_POSITIVITY_RESULTS)
+# The tables computed from the base table: the five summaries (pandas) and the revisions (SQL over its history).
+REPORTING = (*SUMMARIES, REVISIONS)
 # Every table a full refresh writes, in lineage order.
-TABLES = (RAW, BASE, *SUMMARIES)
+TABLES = (RAW, BASE, *REPORTING)
 
 RAW_ASSET_KEY = RAW.asset_key
 BASE_ASSET_KEY = BASE.asset_key
 PRIMARY_KEY = list(BASE.key)
 TABLE_ASSET_KEYS = [spec.asset_key for spec in TABLES]
-# The seven tables for `dagster asset materialize --select` (the code location's other declared
+# The eight tables for `dagster asset materialize --select` (the code location's other declared
 # datasets have their own sources and are left out).
 COVID_SELECTION = ",".join(key.to_user_string() for key in TABLE_ASSET_KEYS)
 SPEC_BY_KEY = {spec.asset_key: spec for spec in TABLES}
