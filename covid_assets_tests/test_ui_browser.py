@@ -67,7 +67,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORT = {"width": 1920, "height": 1080}  # wide enough that the six reporting tables, side by side, are drawn in full
 
 # The nodes and edges as drawn: every asset node (its <foreignObject> in the graph's SVG, with the
 # name it shows and the group box it sits in) and every edge (an SVG path ending in an arrow),
