@@ -70,6 +70,7 @@ EXPECTED_ROWS = {
     "covid_19.smoothed_results": 364,
     "covid_19.total_results": 56,
     "covid_19.recent_positivity_results": 10,
+    "covid_19.revisions": 56,  # the first load: every jurisdiction's rows added
 }
 PORT_IN_USE = re.compile(r"address already in use|failed to bind|errno 98", re.IGNORECASE)
 
