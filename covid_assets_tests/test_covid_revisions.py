@@ -154,9 +154,8 @@ def test_three_published_versions_are_each_readable_as_of_their_load_with_their_
         assert loads_rows(warehouse_url) == expected_loads
         assert revisions_rows(warehouse_url) == expected_revisions
         metadata = revisions_metadata(result)  # the latest load's figures, plotted run over run in the UI
-        assert (metadata["latest_load_id"], metadata["rows_added"], metadata["rows_revised"], metadata["rows_withdrawn"]) == (
-            load_id, added, revised, withdrawn)
-        assert metadata["states_touched"] == len(by_state)
+        assert (metadata["latest_load_id"], metadata["rows_total"], metadata["rows_added"], metadata["rows_revised"],
+                metadata["rows_withdrawn"]) == (load_id, total, added, revised, withdrawn)
         assert metadata["view"] == ("created" if load_id == 1 else "unchanged")
         previous = rows
 

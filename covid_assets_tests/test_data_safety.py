@@ -176,7 +176,7 @@ def test_checks_pass_on_the_real_snapshot_and_warn_about_its_quirks(snapshot_loa
     assert negative["negative_daily_counts"].value == 6
     assert "| WY | Inconclusive |" in negative["worst_rows"].value
     assert checks[("covid_test_results", "cumulative_totals_decrease")].metadata["rows_with_decreasing_total"].value == 6
-    assert len(checks) == 8 + 2 + 6 * 2 + 3  # base: 5 blocking, 3 warnings, 2 of its revision history; summaries and revisions
+    assert len(checks) == 8 + 2 + 5 * 2 + 3  # base: 5 blocking, 3 warnings, 2 of its revision history; summaries
 
 
 def test_a_failing_blocking_check_stops_the_summaries_and_rolls_back_the_run(
