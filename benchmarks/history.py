@@ -134,22 +134,27 @@ def refresh_rows(timings: dict[bool, dict[str, Timing]], rows: int) -> list[Row]
 
 
 def vacuum(url: str) -> None:
+    """VACUUM ANALYZE, then CHECKPOINT: the loads' dirty pages are written before anything is timed,
+    not by the checkpointer in the middle of a timed read."""
     with adbc.connect(url, autocommit=True) as connection, connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
+        cursor.execute("CHECKPOINT")
 
 
 # ----------------------------------------------------------------------------- 2 and 3. after many loads
-def fetch_timing(url: str, statement: str, reps: int) -> tuple[Timing, int]:
-    """Seconds to fetch the statement's rows into Arrow, `reps` times after one warm-up, and the row count."""
-    timing, rows = Timing(), 0
+def fetch_timings(url: str, statements: dict[str, str], reps: int) -> dict[str, tuple[Timing, int]]:
+    """Seconds to fetch each statement's rows into Arrow, `reps` rounds after one warm-up round, and
+    the row counts. The statements take turns within a round, so drifting load hits them alike."""
+    timings, rows = {name: Timing() for name in statements}, {}
     with adbc.connect(url) as connection, connection.cursor() as cursor:
         for rep in range(reps + 1):
-            started = time.perf_counter()
-            cursor.execute(statement)
-            rows = cursor.fetch_arrow_table().num_rows
-            if rep:
-                timing.samples.append(time.perf_counter() - started)
-    return timing, rows
+            for name, statement in statements.items():
+                started = time.perf_counter()
+                cursor.execute(statement)
+                rows[name] = cursor.fetch_arrow_table().num_rows
+                if rep:
+                    timings[name].samples.append(time.perf_counter() - started)
+    return {name: (timings[name], rows[name]) for name in statements}
 
 
 def scalar(url: str, statement: str):
@@ -180,9 +185,12 @@ def history_after_loads(pg: Postgres, frame: pd.DataFrame, loads: int, reps: int
         vacuum(url)
         past = 1 + loads // 2
         committed_at = scalar(url, f"SELECT committed_at::text FROM {LOADS} WHERE load_id = {past}")
-        base, base_rows = fetch_timing(url, f"SELECT * FROM {BASE}", reps)
-        as_of, as_of_rows = fetch_timing(url, f"SELECT * FROM {AS_OF}('{committed_at}')", reps)
-        at_load, at_load_rows = fetch_timing(url, f"SELECT * FROM {AT_LOAD}({past})", reps)
+        fetched = fetch_timings(url, {
+            "base": f"SELECT * FROM {BASE}",
+            "as_of": f"SELECT * FROM {AS_OF}('{committed_at}')",
+            "at_load": f"SELECT * FROM {AT_LOAD}({past})",
+        }, reps)
+        (base, base_rows), (as_of, as_of_rows), (at_load, at_load_rows) = fetched["base"], fetched["as_of"], fetched["at_load"]
         log("9. plan of the _as_of read:\n" + plan(url, f"SELECT * FROM {AS_OF}('{committed_at}')"))
         versions = scalar(url, f"SELECT count(*) FROM {HISTORY}")
         changed = int(scalar(url, f"SELECT sum(rows_added + rows_revised)::bigint FROM {LOADS} WHERE load_id > 1"))
