@@ -214,6 +214,7 @@ def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_failed_runs_recovery_and_newly_failing_warnings(warehouse_url: str, small_source: Path, tmp_path: Path) -> None:
     instance = DagsterInstance.ephemeral()
 

@@ -1047,6 +1047,7 @@ def scram_verifies(verifier: str, password: str) -> bool:
     return method == "SCRAM-SHA-256" and hashlib.sha256(client_key).digest() == base64.b64decode(keys.split(":")[0])
 
 
+@pytest.mark.slow
 def test_the_init_script_gives_each_role_what_its_job_needs(postgres_server_url: str) -> None:
     """docker/postgres/init-warehouse.sh, run as the postgres image runs it, on a real server: then a
     full refresh as the pipeline's role, and each role tried at what it may and may not do. Role

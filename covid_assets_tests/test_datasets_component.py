@@ -267,6 +267,7 @@ def test_a_declaration_error_says_file_and_field_in_its_first_line(tmp_path: Pat
 
 
 # ----------------------------------------------------------------------------- dg
+@pytest.mark.slow
 def test_dg_check_defs_passes_from_the_repository_root() -> None:
     """As a new user types it: no DAGSTER_HOME, no Dagster database variables. Dagster then reads the
     repository's dagster.yaml (the instance policy), which must not need the deployment's Postgres."""
@@ -331,6 +332,7 @@ def test_the_cdc_dataset_loads_offline_from_its_bundled_export_and_its_checks_pa
     assert row == [(int(first.tot_cases), int(first.conf_cases) if first.conf_cases else None, int(first.new_case))]
 
 
+@pytest.mark.slow
 @needs_loader
 def test_an_unchanged_source_confirms_every_table_and_a_manual_run_reloads(warehouse_url: str) -> None:
     from dagster import DagsterInstance
@@ -381,6 +383,7 @@ def test_the_schedule_and_the_sensor_skip_an_unchanged_source_and_every_table_ha
     assert {key.name for key in graph.asset_check_keys if key.asset_key == SOURCE} == {"publisher_updated_recently"}
 
 
+@pytest.mark.slow
 @needs_loader
 def test_a_transient_source_failure_asks_for_one_retry_which_waits_and_a_refusal_does_not(warehouse_url: str) -> None:
     import time

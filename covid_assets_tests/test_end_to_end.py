@@ -251,6 +251,7 @@ def test_the_cli_materializes_every_asset(warehouse_url: str, tmp_path: Path) ->
     assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["soda2", "soda3"])
 def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str, protocol: str) -> None:
     """The same snapshot served by a Socrata look-alike: 6 concurrent pages, a 429 and a 503 on the way.

@@ -116,6 +116,7 @@ def test_a_dropped_table_is_reloaded_not_confirmed(warehouse_url: str, rows) -> 
 
 
 # --------------------------------------------------------------------------- retries
+@pytest.mark.slow
 def test_a_transient_source_failure_asks_for_one_retry_and_a_refusal_does_not(warehouse_url: str, rows, tmp_path: Path) -> None:
     instance = DagsterInstance.ephemeral()
     with FakeSocrata(rows) as server:
@@ -135,6 +136,7 @@ def test_a_transient_source_failure_asks_for_one_retry_and_a_refusal_does_not(wa
     assert not {"dagster/max_retries", "dagster/retry_on_asset_or_op_failure", RETRY_REASON_TAG} & set(instance.get_run_by_id(refused.run_id).tags)
 
 
+@pytest.mark.slow
 def test_a_retry_waits_before_asking_the_source_again(warehouse_url: str, rows) -> None:
     asked: list[float] = []
     with FakeSocrata(rows) as server, environment(COVID_RETRY_DELAY_S="1.5"), deployment(warehouse_url, **from_api(server.base_url)):

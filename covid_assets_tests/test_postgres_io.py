@@ -273,6 +273,7 @@ def test_json_columns_are_jsonb_and_round_trip(warehouse_url: str) -> None:
     assert query(warehouse_url, "SELECT k, doc->>'x' FROM scratch.keyed ORDER BY k") == [("a", "2"), ("b", None)]
 
 
+@pytest.mark.slow
 def test_readers_see_old_or_new_rows_never_partial(warehouse_url: str) -> None:
     sizes = [20_000, 50_000]
     materialize_keyed(warehouse_url, keyed_frame([f"k{i}" for i in range(sizes[0])]))

@@ -734,6 +734,7 @@ def test_a_dripping_response_is_cut_off_at_the_deadline_and_retried(
     assert time.monotonic() - started < 2.0  # cut off at 0.8 s, not waited out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault, cause",
     [(Fault.drip, ""), (Fault.drip_headers, "RequestDeadlineExceeded: ")],
