@@ -42,10 +42,10 @@ from psycopg import sql
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
 from covid_assets.datasets.history import (
-    Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, _matched, repeated_key_rows, stored_columns,
+    Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, _listed, _matched, repeated_key_rows, stored_columns,
 )
 from covid_assets.datasets.sql_typing import Plain, completed, rule, rule_problems, trimmed
-from covid_assets.datasets.table_spec import TableSpec
+from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
 from covid_assets.sources.socrata.rows import column_order
 from covid_assets.storage.postgres_io import lock_table
@@ -67,6 +67,7 @@ __all__ = [
 
 ROW = ":row"  # the staged row's 0-based position in the delivery (no source field starts with ":")
 _BAD = ":bad"  # a typed staged row with any problem
+_CHANGE = ":change"  # a diff row's change: added, revised or withdrawn
 MAX_REPORTED_BAD_ROWS = 5
 COPY_BATCH_ROWS, COPY_BATCH_BYTES = 50_000, 4 * 2**20  # pages are joined into COPYs of up to this (see _batches)
 MAX_REPORTED_SERIES = 10
@@ -355,7 +356,7 @@ class _Typing:
         return [(label, sql.SQL(" OR ").join(predicates) if len(predicates) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(predicates)))
                 for label, predicates in found.items()]
 
-    def _completed_text(self, i: int, column) -> sql.Composable:
+    def _completed_text(self, i: int, column: ColumnSpec) -> sql.Composable:
         """The column's trimmed source text t_i, padded and filled as declared (sql_typing.completed)."""
         fill = self.spec.base.column_names.index(column.rules.fill_from) if column.rules.fill_from else None
         return completed(self._text(i), column.rules, self._text(fill) if fill is not None else None)
@@ -366,11 +367,11 @@ class _Typing:
     def _trimmed(self, field: str) -> sql.Composable:
         return trimmed(sql.Identifier(field)) if self.plain.needs_trim(field) else sql.Identifier(field)
 
-    def _prepare(self, i: int, column) -> sql.Composable:
+    def _prepare(self, i: int, column: ColumnSpec) -> sql.Composable:
         text = self._completed_text(i, column)
         return text if self.plain.is_plain(column) else rule(column.type).prepare(text)
 
-    def _typed(self, i: int, column) -> sql.Composable:
+    def _typed(self, i: int, column: ColumnSpec) -> sql.Composable:
         """The value cast when valid (NULL otherwise); a plain cast where every value is known valid."""
         type_rule, prepared = rule(column.type), self._prepared(i)
         if self.plain.is_plain(column) and type_rule.plain_is_valid:
@@ -516,7 +517,8 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
     return change
 
 
-CHANGE = ":change"
+def _value_columns(base: TableSpec) -> list[str]:
+    return [name for name in base.column_names if name not in base.key]
 
 
 def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> sql.Composed:
@@ -528,9 +530,8 @@ def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
     """
     base = spec.base
     table = _staging_name("diff", spec)
-    values = [name for name in base.column_names if name not in base.key]
-    side = lambda alias: sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in values)  # noqa: E731
-    distinct = sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(side("b"), side("t")) if values else sql.SQL("")
+    values = _value_columns(base)
+    distinct = sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(_listed(values, "b"), _listed(values, "t")) if values else sql.SQL("")
     _execute(connection, sql.SQL(
         "CREATE TEMPORARY TABLE {diff} ON COMMIT DROP AS SELECT "
         "CASE WHEN b.{present} IS NULL THEN 'added' WHEN t.{present} IS NULL THEN 'withdrawn' ELSE 'revised' END AS {change}, "
@@ -541,7 +542,7 @@ def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
     ).format(
         diff=sql.Identifier(table),
         present=sql.Identifier(":present"),
-        change=sql.Identifier(CHANGE),
+        change=sql.Identifier(_CHANGE),
         key=sql.SQL(", ").join(sql.SQL("coalesce(t.{c}, b.{c}) AS {c}").format(c=sql.Identifier(c)) for c in base.key),
         values=sql.SQL("").join(sql.SQL(", t.{c}").format(c=sql.Identifier(c)) for c in values),
         names=sql.SQL(", ").join(map(sql.Identifier, base.column_names)),
@@ -575,21 +576,21 @@ def merge_base(
 
     diff = _create_diff(connection, spec, gate.table)
     matched = _matched(base.key, "b", "t")
-    values = [name for name in base.column_names if name not in base.key]
+    values = _value_columns(base)
     withdrawn = changed("withdrawn", sql.SQL("DELETE FROM {} AS b USING {} AS t WHERE t.{} = 'withdrawn' AND {}").format(
-        _qualified(base), diff, sql.Identifier(CHANGE), matched))
+        _qualified(base), diff, sql.Identifier(_CHANGE), matched))
     revised = 0
     if values:
         revised = changed("revised", sql.SQL("UPDATE {} AS b SET {} FROM {} AS t WHERE t.{} = 'revised' AND {}").format(
             _qualified(base),
             sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in values),
             diff,
-            sql.Identifier(CHANGE),
+            sql.Identifier(_CHANGE),
             matched,
         ))
     names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
     added = changed("added", sql.SQL("INSERT INTO {} AS b ({n}) SELECT {n} FROM {} WHERE {} = 'added'").format(
-        _qualified(base), diff, sql.Identifier(CHANGE), n=names))
+        _qualified(base), diff, sql.Identifier(_CHANGE), n=names))
     if log:
         log.finish(connection, gate.rows, added, revised, withdrawn)
     return MergeCounts(total=gate.rows, added=added, revised=revised, withdrawn=withdrawn)
