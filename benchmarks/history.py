@@ -45,7 +45,7 @@ from benchmarks.dataset import generate  # noqa: E402
 from benchmarks.dataset_load import covid_shaped_spec, timed_load  # noqa: E402
 from benchmarks.measure import Timing  # noqa: E402
 from benchmarks.pg import Postgres  # noqa: E402
-from benchmarks.report import Row, text_table  # noqa: E402
+from benchmarks.report import Row, notes, text_table, verdict  # noqa: E402
 from covid_assets.datasets import load  # noqa: E402
 from covid_assets.datasets.history import HistoryNames  # noqa: E402
 
@@ -96,10 +96,6 @@ def run_load(url: str, frame: pd.DataFrame, *, keep_history: bool, phases: dict[
         phases["write"] = each["merge_base"] + each["commit"]
         phases["load"] = sum(each.values())
     return counts
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 # ----------------------------------------------------------------------------- 1. the daily refresh
@@ -234,9 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         pg.stop()
     print(text_table(rows))
-    for row in rows:
-        if row.note:
-            print(f"{row.key}: {row.note}")
+    print("\n".join(notes(rows)))
 
 
 if __name__ == "__main__":

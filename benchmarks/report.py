@@ -74,6 +74,10 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
 def notes(rows: list[Row]) -> list[str]:
     return [f"{r.key}: {r.note}" for r in rows if r.note]
 

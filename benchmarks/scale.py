@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.measure import Timing, clean_env, run_process
-from benchmarks.report import Row
-from benchmarks.sections import REPO, Bench, BenchmarkError, table_counts, verdict
+from benchmarks.report import Row, verdict
+from benchmarks.sections import REPO, Bench, BenchmarkError, table_counts
 from benchmarks.scale_location import spec
 from benchmarks.server import ServerProcess
 from covid_assets.datasets.component import base_url_env, job_name, load_step_name

@@ -25,7 +25,7 @@ from dagster._core.types.dagster_type import resolve_dagster_type
 from benchmarks import naive
 from benchmarks.measure import Timing, clean_env, repeat, run_process
 from benchmarks.pg import Postgres
-from benchmarks.report import Row
+from benchmarks.report import Row, verdict
 from benchmarks.server import ServerProcess
 from covid_assets.assets.tables import ALL_TABLES, BASE_ASSET_KEY, COVID_SELECTION, PRIMARY_KEY
 from covid_assets.assets.summary_frames import (
@@ -91,10 +91,6 @@ class Bench:
         if self._deployment is not None:
             self._deployment.close()
             self._deployment = None
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 class BenchmarkError(RuntimeError):

@@ -30,8 +30,8 @@ from pathlib import Path
 import psycopg
 
 from benchmarks.measure import Timing
-from benchmarks.report import Row
-from benchmarks.sections import Bench, BenchmarkError, table_counts, verdict
+from benchmarks.report import Row, verdict
+from benchmarks.sections import Bench, BenchmarkError, table_counts
 from covid_assets.assets.tables import ALL_TABLES, BASE
 from covid_assets.datasets.history import LOADS, HistoryNames
 

@@ -10,11 +10,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+from dagster import AssetSelection, ScheduleDefinition, define_asset_job
 
 from covid_assets.assets.tables import COVID, TABLE_ASSET_KEYS
-from covid_assets.datasets.component import SCHEDULES_ENABLED_ENV, scheduled_run_config
-from covid_assets.settings import env_flag, env_float
+from covid_assets.datasets.component import dataset_schedule, scheduled_run_config
+from covid_assets.settings import env_float
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -46,13 +46,12 @@ def refresh_warehouse_job(environ: Mapping[str, str] | None = None) -> "Unresolv
 
 def daily_refresh_schedule(job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
     """On by default so a new deployment refreshes without a click (`COVID_SCHEDULE_ENABLED=false` to opt out)."""
-    return ScheduleDefinition(
+    return dataset_schedule(
+        COVID,
+        job,
+        os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
         name="daily_refresh",
-        job=job,
-        cron_schedule=os.getenv("COVID_SCHEDULE_CRON") or DEFAULT_CRON,
-        execution_timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
-        run_config=SCHEDULED_RUN_CONFIG,
-        default_status=DefaultScheduleStatus.RUNNING if env_flag(SCHEDULES_ENABLED_ENV) else DefaultScheduleStatus.STOPPED,
+        timezone=os.getenv("COVID_SCHEDULE_TIMEZONE") or DEFAULT_TIMEZONE,
         description=(
             "Refreshes every table once a day. The rows carry no updated-at column, so a run that finds the "
             "source changed reloads it whole; when rowsUpdatedAt, count(*) and the content hash say nothing "

@@ -158,10 +158,12 @@ def from_api(base_url: str, app_token: str | None = None) -> dict[str, str]:
 
 
 def materialize_all(
-    url: str, source: dict[str, str], socrata=None, raise_on_error: bool = True, instance=None, run_config=None, warehouse=None
+    url: str, source: dict[str, str], socrata=None, raise_on_error: bool = True, instance=None, run_config=None, warehouse=None,
+    selection=None,
 ):
-    """All eight tables and their checks, in process, on the warehouse at `url`, reading `source`
-    (`from_file(...)` or `from_api(...)`); `socrata` and `warehouse` set the resources' tuning knobs."""
+    """All eight tables and their checks (or `selection` of them), in process, on the warehouse at `url`,
+    reading `source` (`from_file(...)` or `from_api(...)`); `socrata` and `warehouse` set the resources'
+    tuning knobs."""
     from dagster import materialize
 
     from covid_assets.definitions import covid_definitions
@@ -175,6 +177,7 @@ def materialize_all(
             raise_on_error=raise_on_error,
             instance=instance,
             run_config=run_config,
+            selection=selection,
         )
 
 

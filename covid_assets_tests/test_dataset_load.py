@@ -404,7 +404,7 @@ def test_nul_bytes_leave_free_text_and_extra_columns(connection, warehouse_url: 
 MEMORY_PROBE = r"""
 import datetime as dt, resource, sys
 import adbc_driver_postgresql.dbapi as adbc, pyarrow as pa
-from covid_assets.datasets import load, sql_typing
+from covid_assets.datasets import load
 from covid_assets_tests.test_dataset_load import cdc_spec
 
 ROWS, PAGE = int(sys.argv[2]), 5_000
@@ -647,8 +647,6 @@ def test_typing_skips_only_what_would_change_nothing(connection) -> None:
     """A delivery whose values are all plain is typed by the short SQL exactly as by the full one;
     one padded text and one US date on the last page send those two columns, on every page, back
     through trimming and the date layouts."""
-    from covid_assets.datasets.sql_typing import Plain
-
     rows = [
         {"id": str(i), "text": f"row {i}", "day": f"2021-01-{i % 28 + 1:02d}", "moment": "2020-03-01T04:05:06.789", "numeric": "1.5"}
         for i in range(50)
@@ -660,26 +658,21 @@ def test_typing_skips_only_what_would_change_nothing(connection) -> None:
 
     def typed(typing: load._Typing) -> list[tuple]:
         with connection.cursor() as cursor:
-            cursor.execute(sql_text(typing.typed_rows()) + ' ORDER BY ":row"')
+            cursor.execute(typing.typed_rows().as_string() + ' ORDER BY ":row"')
             return cursor.fetchall()
 
     for delivery, padded, plain in ((rows, set(), {"id", "day", "moment"}), (messy, {"text", "moment"}, {"id"})):
         landing = load.land(connection, TYPES_SPEC, pages_of(delivery, 20), FETCHED_AT)
         assert {name for name in columns if landing.plain.needs_trim(name)} == padded
         assert {name for name, column in columns.items() if landing.plain.is_plain(column)} == plain
-        assert typed(load._Typing(TYPES_SPEC, landing.table, landing.plain)) == typed(load._Typing(TYPES_SPEC, landing.table, Plain.unknown()))
+        assert typed(load._Typing(TYPES_SPEC, landing.table, landing.plain)) == typed(load._Typing(TYPES_SPEC, landing.table, sql_typing.Plain.unknown()))
         connection.rollback()
 
 
 def test_a_blank_value_is_seen_as_one_to_trim() -> None:
-    from covid_assets.datasets.sql_typing import Plain
-
-    plain = Plain.expecting(ALL_TYPES.columns)
+    plain = sql_typing.Plain.expecting(ALL_TYPES.columns)
     plain.see("text", pa.chunked_array([pa.array(["a", None, "b"])]))
     assert not plain.needs_trim("text")
     plain.see("text", pa.chunked_array([pa.array(["a", ""])]))
     assert plain.needs_trim("text")
 
-
-def sql_text(statement) -> str:
-    return statement.as_string()

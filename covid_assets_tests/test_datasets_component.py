@@ -22,7 +22,7 @@ import yaml
 from dagster import AssetKey, DefaultScheduleStatus, Definitions, load_from_defs_folder
 
 from covid_assets.datasets.component import DatasetKeys, DatasetLoadConfig, base_checks, base_url_env, check_queries, dataset_target
-from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError
+from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError, load_declaration
 from covid_assets.datasets.scaffold import main as scaffold
 from covid_assets.resources import build_resources
 from covid_assets.sources.socrata.metadata import parse_view
@@ -94,7 +94,7 @@ def test_the_cdc_declaration_gives_tables_with_schema_lineage_checks_and_schedul
 
 
 def test_where_the_rows_come_from_is_the_environment_never_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    spec = load_declaration(CDC_YAML)
     for variable in ("SOCRATA_OFFLINE", "SOCRATA_APP_TOKEN", base_url_env(spec.name)):
         monkeypatch.delenv(variable, raising=False)
     assert (dataset_target(spec).base_url, dataset_target(spec).source_file) == ("https://data.cdc.gov", None)
@@ -368,7 +368,7 @@ def test_the_schedule_and_the_sensor_skip_an_unchanged_source_and_every_table_ha
     from covid_assets.datasets.component import scheduled_run_config
 
     defs = dataset_defs()
-    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    spec = load_declaration(CDC_YAML)
     expected = {"ops": {"load_cdc_cases_deaths_by_state": {"config": {"skip_if_unchanged": True}}}}
     assert scheduled_run_config(spec) == expected
     from dagster import build_schedule_context
@@ -469,11 +469,11 @@ def test_each_declared_check_counts_the_rows_that_break_it(warehouse_url: str) -
     """The checks' SQL on a base table holding one offending row per check (and one good row)."""
     import psycopg
 
-    from covid_assets.datasets.component import check_queries, evaluate
+    from covid_assets.datasets.component import evaluate
     from covid_assets.storage.warehouse import WarehouseResource
     from covid_assets_tests.helpers import deployment
 
-    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    spec = load_declaration(CDC_YAML)
     columns = ", ".join(f"{c.name} {c.type}" for c in spec.base.columns)
     good = {"submission_date": "2021-01-01", "state": "AL", "tot_cases": 5, "new_case": 1, "tot_death": 1, "new_death": 0,
             "created_at": "2021-01-02", "consent_cases": "Agree"}
@@ -511,11 +511,11 @@ def test_the_key_check_trusts_only_a_primary_key_on_exactly_the_key(warehouse_ur
     a primary key on other columns (here the key plus one more) does not, and the rows are counted."""
     import psycopg
 
-    from covid_assets.datasets.component import check_queries, evaluate
+    from covid_assets.datasets.component import evaluate
     from covid_assets.storage.warehouse import WarehouseResource
     from covid_assets_tests.helpers import deployment
 
-    spec = DatasetDeclaration.model_validate(cdc_attributes()).to_spec(CDC_YAML)
+    spec = load_declaration(CDC_YAML)
     key_check = next(q for q in check_queries(spec) if q.name == "primary_key")
     columns = ", ".join(f"{c.name} {c.type}" for c in spec.base.columns)
 

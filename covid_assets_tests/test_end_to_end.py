@@ -278,28 +278,20 @@ def test_api_path_with_concurrent_pages_and_retries(warehouse_url: str, protocol
     assert query(warehouse_url, "SELECT count(*) FROM covid_19.state_results") == [(56,)]
 
 
-def test_one_summary_materializes_on_its_own(snapshot_load, postgres_server_url: str) -> None:
+def test_one_summary_materializes_on_its_own(snapshot_warehouse: str) -> None:
     """The five summaries share a step (one read of the base table) but stay separately selectable:
     selecting one rewrites that table only, with its own config."""
-    from dagster import AssetSelection, materialize
+    from dagster import AssetSelection
 
-    from covid_assets.definitions import covid_definitions
-    from covid_assets.storage.postgres_io import warehouse_resources
-    from covid_assets_tests.helpers import deployment
-
-    template, _ = snapshot_load
-    with fresh_database(postgres_server_url, "one_summary", template=template) as url:
-        query(url, "DELETE FROM covid_19.recent_positivity_results")
-        query(url, "DELETE FROM covid_19.state_results")
-        defs = covid_definitions()
-        with deployment(url, **from_file(SNAPSHOT)):
-            result = materialize(
-                [*defs.assets, *defs.asset_checks],
-                selection=AssetSelection.assets(AssetKey(["covid_19", "recent_positivity_results"])),
-                resources={**warehouse_resources(), "socrata": SocrataSource()},
-                run_config={"ops": {"reporting_summaries": {"config": {"top_n": 3}}}},
-            )
-        materialized = {event.asset_key for event in result.get_asset_materialization_events()}
-        assert materialized == {AssetKey(["covid_19", "recent_positivity_results"])}
-        assert query(url, "SELECT count(*) FROM covid_19.recent_positivity_results")[0][0] == 3
-        assert query(url, "SELECT count(*) FROM covid_19.state_results")[0][0] == 0  # not selected: untouched
+    url = snapshot_warehouse
+    query(url, "DELETE FROM covid_19.recent_positivity_results")
+    query(url, "DELETE FROM covid_19.state_results")
+    result = materialize_all(
+        url, from_file(SNAPSHOT),
+        selection=AssetSelection.assets(AssetKey(["covid_19", "recent_positivity_results"])),
+        run_config={"ops": {"reporting_summaries": {"config": {"top_n": 3}}}},
+    )
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert materialized == {AssetKey(["covid_19", "recent_positivity_results"])}
+    assert query(url, "SELECT count(*) FROM covid_19.recent_positivity_results")[0][0] == 3
+    assert query(url, "SELECT count(*) FROM covid_19.state_results")[0][0] == 0  # not selected: untouched

@@ -16,7 +16,7 @@ for the rest of the run) and reports the latest load's figures, which the UI plo
 """
 
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from psycopg import sql
 
 from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, OWNERS, REVISIONS
@@ -31,7 +31,7 @@ _COUNT = "new_results_reported"
 
 def revisions_query(schema: str, table: str) -> sql.Composed:
     """One row per (load, state) of the base table `schema.table`, ordered by load and state."""
-    history = sql.Identifier(schema, f"{table}_history")
+    names = HistoryNames(schema, table)
     return sql.SQL(
         """
         WITH versions AS (
@@ -55,17 +55,16 @@ def revisions_query(schema: str, table: str) -> sql.Composed:
         ORDER BY k.load_id, k.state
         """
     ).format(
-        history=history,
+        history=names.history,
         valid_from=sql.Identifier(VALID_FROM),
         valid_to=sql.Identifier(VALID_TO),
         count=sql.Identifier(_COUNT),
-        loads=sql.Identifier(schema, LOADS),
+        loads=names.loads,
         table=sql.Literal(table),
     )
 
 
 # ----------------------------------------------------------------------------- the asset
-VIEW = sql.Identifier(REVISIONS.schema, REVISIONS.name)
 _LOAD_FIGURES = ("rows_total", "rows_added", "rows_revised", "rows_withdrawn")
 
 

@@ -9,8 +9,8 @@ Rates and means are rounded to 2 decimals HALF AWAY FROM ZERO, like Postgres
 `round(numeric, 2)`, and the rounding is done in exact integer arithmetic (see `_rate`), so a
 value such as 1/32 = 3.125 % becomes 3.13 here as in SQL (float `.round(2)` would give 3.12).
 
-No number is ever wrong by overflow: counts are below 10^12 (`tables.COUNT_LIMIT`, the
-declaration's max_abs), so the
+No number is ever wrong by overflow: counts are below 10^12 (the declaration's
+max_abs for them), so the
 sums over a base table of fewer than 9.2 million rows fit in int64 (`_require_exact_sums`
 refuses a frame for which they might not), the 7-day sums are differences of exact int64
 running sums, and the rates are computed in Python integers, which do not overflow when

@@ -29,7 +29,6 @@ RAW_SCHEMA = RAW.schema
 SOURCE_ASSET_KEY = COVID.source_key
 COUNT_COLUMNS = BASE.names_of_type("BIGINT")
 OUTCOMES = BASE["overall_outcome"].rules.allowed
-COUNT_LIMIT = BASE["new_results_reported"].rules.max_abs  # |count| < COUNT_LIMIT: the summaries stay exact in int64
 
 
 def _summary(name: str, key: str, description: str, *columns: tuple[str, str, str, tuple[str, ...]]) -> TableSpec:

@@ -326,10 +326,16 @@ def load_dataset(
     wait_if_retrying(context)
     target = dataset_target(spec)
     last = read_last_load(context, keys.raw) if config.skip_if_unchanged else None
-    still_stored = last is not None and holds_last_load(warehouse, spec, last, job_tables(context, [keys.raw, keys.base]))
+    tables = job_tables(context, [keys.raw, keys.base])
+
+    def unchanged(evidence_text: str, evidence: dict[str, object]) -> None:
+        """Nothing written: every table of the run's job is confirmed current, the evidence carried forward."""
+        confirm_unchanged(context, evidence_text, evidence, tables=tables, raw_key=keys.raw, source_key=keys.source)
+
+    still_stored = last is not None and holds_last_load(warehouse, spec, last, tables)
     signature = None if target.source_file else _signature_or_none(context, spec, socrata, target)
     if still_stored and signature and signature.rows_updated_at is not None and signature == last.signature:
-        unchanged(context, keys, f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}", last.evidence())
+        unchanged(f"rowsUpdatedAt {signature.rows_updated_at} and count {signature.row_count:,}", last.evidence())
         return
     source = target.source_file or f"{target.base_url} {spec.dataset_id}"
     fetched_at = dt.datetime.now(dt.UTC)
@@ -341,10 +347,11 @@ def load_dataset(
             raise source_failure(context, error) from error
         for warning in landing.warnings():
             context.log.warning(warning)
+        delivered = SourceSignature(signature.rows_updated_at if signature else None, landing.rows)
         if still_stored and landing.content_hash == last.content_hash:
             discard(connection, landing)
-            today = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, last.base_rows)
-            unchanged(context, keys, f"content hash {landing.content_hash}", today.evidence())  # today's rowsUpdatedAt from now on
+            today = LastLoad(delivered, landing.content_hash, last.base_rows)
+            unchanged(f"content hash {landing.content_hash}", today.evidence())  # today's rowsUpdatedAt from now on
             return
         try:
             accepted = gate(
@@ -360,7 +367,7 @@ def load_dataset(
         counts = merge_base(connection, spec, accepted, load_origin(context, signature, target))
         figures = base_figures(spec, connection)
         previews = {table.name: preview(connection, table) for table in (spec.raw, spec.base)}
-    evidence = LastLoad(SourceSignature(signature.rows_updated_at if signature else None, landing.rows), landing.content_hash, accepted.rows).evidence()
+    evidence = LastLoad(delivered, landing.content_hash, accepted.rows).evidence()
     source_value = MetadataValue.path(source) if target.source_file else MetadataValue.url(target.base_url)
     yield MaterializeResult(
         asset_key=keys.raw,
@@ -492,12 +499,6 @@ def _signature_or_none(context: AssetExecutionContext, spec: DatasetSpec, socrat
         return None
 
 
-def unchanged(context: AssetExecutionContext, keys: DatasetKeys, evidence_text: str, evidence: dict[str, object]) -> None:
-    """Nothing written: every table of the run's job is confirmed current, the evidence carried forward."""
-    tables = job_tables(context, [keys.raw, keys.base])
-    confirm_unchanged(context, evidence_text, evidence, tables=tables, raw_key=keys.raw, source_key=keys.source)
-
-
 def read_last_load(context: AssetExecutionContext, raw_key: AssetKey) -> LastLoad | None:
     """The last load that was committed (a failed run emits its materializations, then rolls back)."""
     event = context.instance.get_latest_materialization_event(raw_key)
@@ -520,10 +521,12 @@ def read_last_load(context: AssetExecutionContext, raw_key: AssetKey) -> LastLoa
 
 
 def holds_last_load(warehouse: WarehouseResource, spec: DatasetSpec, last: LastLoad, tables: Sequence[AssetKey]) -> bool:
-    """The base table still has the last load's rows, and no table of the run's job has been dropped."""
-    if warehouse.row_count(spec.base.schema, spec.base.name) != last.base_rows:
+    """The base table still has the last load's rows, and no table of the run's job (the base table among
+    them) has been dropped: one catalog query, then one count."""
+    if warehouse.missing_tables([(spec.base.schema, spec.base.name), *(tuple(key.path) for key in tables if key != spec.base.asset_key and len(key.path) == 2)]):
         return False
-    return not warehouse.missing_tables([tuple(key.path) for key in tables if key != spec.base.asset_key and len(key.path) == 2])
+    (rows,) = warehouse.query(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.base.schema, spec.base.name)))[0]
+    return rows == last.base_rows
 
 
 # ----------------------------------------------------------------------------- checks
@@ -680,15 +683,23 @@ def row_count_result(context: AssetCheckExecutionContext, key: AssetKey, spec: D
 
 
 # ----------------------------------------------------------------------------- schedule and sensor
-def dataset_schedule(spec: DatasetSpec, job: "UnresolvedAssetJobDefinition", cron: str) -> ScheduleDefinition:
+def dataset_schedule(
+    spec: DatasetSpec,
+    job: "UnresolvedAssetJobDefinition",
+    cron: str,
+    *,
+    name: str | None = None,
+    timezone: str = "UTC",
+    description: str | None = None,
+) -> ScheduleDefinition:
     return ScheduleDefinition(
-        name=f"{spec.name}_schedule",
+        name=name or f"{spec.name}_schedule",
         job=job,
         cron_schedule=cron,
-        execution_timezone="UTC",
+        execution_timezone=timezone,
         run_config=scheduled_run_config(spec),
         default_status=DefaultScheduleStatus.RUNNING if env_flag(SCHEDULES_ENABLED_ENV) else DefaultScheduleStatus.STOPPED,
-        description=f"Refreshes {spec.base.qualified_name} ({cron}, UTC); writes nothing when the source is unchanged.",
+        description=description or f"Refreshes {spec.base.qualified_name} ({cron}, {timezone}); writes nothing when the source is unchanged.",
     )
 
 

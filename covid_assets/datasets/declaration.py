@@ -229,7 +229,7 @@ class DatasetDeclaration(Model):
         self._check_schedule(file)
         return DatasetSpec(
             name=self.name,
-            source_name=self.source_name or self.name,
+            source_name=self.source_name or "",
             environment=self.environment.model_dump(exclude_none=True),
             domain=self.domain,
             dataset_id=self.dataset_id,
@@ -243,8 +243,8 @@ class DatasetDeclaration(Model):
             title=self.title,
             description=self.description,
             group=self.group,
-            raw_group=self.raw.group or self.group,
-            base_group=self.base.group or self.group,
+            raw_group=self.raw.group,
+            base_group=self.base.group,
             owners=tuple(self.owners),
             figures=self._figures(file),
         )

@@ -330,12 +330,10 @@ def history_checks(base: TableSpec, columns: Sequence[str] | None = None) -> lis
     # COVID table: 0.18 s instead of 0.47 s.
     fingerprint = sql.SQL("count(*) AS n, sum(hash_record_extended(ROW({}), 0)::numeric) AS h").format(listed)
     matches = sql.SQL(
-        "SELECT CASE WHEN (b.n, b.h) IS NOT DISTINCT FROM (c.n, c.h) THEN 0 ELSE (SELECT count(*) FROM ({b} EXCEPT ALL {c}) d) END "
-        "AS base_rows_not_current_in_history, "
-        "CASE WHEN (b.n, b.h) IS NOT DISTINCT FROM (c.n, c.h) THEN 0 ELSE (SELECT count(*) FROM ({c} EXCEPT ALL {b}) d) END "
-        "AS current_history_rows_not_in_base "
-        "FROM (SELECT {f} FROM {base}) b, (SELECT {f} FROM {history} WHERE {to} IS NULL) c"
-    ).format(b=stored, c=current, f=fingerprint, base=names.base, history=names.history, to=sql.Identifier(VALID_TO))
+        "SELECT CASE WHEN {same} THEN 0 ELSE (SELECT count(*) FROM ({b} EXCEPT ALL {c}) d) END AS base_rows_not_current_in_history, "
+        "CASE WHEN {same} THEN 0 ELSE (SELECT count(*) FROM ({c} EXCEPT ALL {b}) d) END AS current_history_rows_not_in_base "
+        "FROM (SELECT {f} FROM ({b}) s) b, (SELECT {f} FROM ({c}) s) c"
+    ).format(b=stored, c=current, f=fingerprint, same=sql.SQL("(b.n, b.h) IS NOT DISTINCT FROM (c.n, c.h)"))
     frm, to = sql.Identifier(VALID_FROM), sql.Identifier(VALID_TO)
     reconciles = sql.SQL(
         "WITH l AS (SELECT * FROM {loads} WHERE table_name = {t}), "

@@ -132,7 +132,10 @@ class Gate:
     landing: Landing
     table: str
     rows: int
-    duplicates_dropped: int
+
+    @property
+    def duplicates_dropped(self) -> int:
+        return self.landing.rows - self.rows
 
 
 @dataclass(frozen=True)
@@ -322,7 +325,7 @@ def gate(
         _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
     if not allow_shrink:
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
-    return Gate(landing=landing, table=table, rows=rows, duplicates_dropped=landing.rows - rows)
+    return Gate(landing=landing, table=table, rows=rows)
 
 
 
@@ -333,10 +336,10 @@ class _Typing:
     trimmed and prepared once, however often the outer levels refer to it.
     """
 
-    def __init__(self, spec: DatasetSpec, staging: str, plain: Plain | None = None) -> None:
+    def __init__(self, spec: DatasetSpec, staging: str, plain: Plain) -> None:
         self.spec = spec
         self.staging = staging
-        self.plain = plain or Plain.unknown()
+        self.plain = plain
         self.columns = spec.base.columns
         self.key = set(spec.base.key)
 
@@ -418,9 +421,6 @@ class _Typing:
         """One row per key: the last delivered (the highest position), as a full refresh of the source says."""
         names = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.column_names))
         key = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.key))
-        if not self.spec.base.key:
-            return sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM pg_temp.{}").format(
-                sql.Identifier(table), names, sql.Identifier(typed_all))
         return sql.SQL(
             "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT DISTINCT ON ({key}) {names} FROM pg_temp.{} ORDER BY {key}, {row} DESC"
         ).format(sql.Identifier(table), sql.Identifier(typed_all), key=key, names=names, row=sql.Identifier(ROW))

@@ -148,7 +148,7 @@ RULES: dict[WarehouseType, TypeRule] = {
             "BIGINT",
             "not a whole number in the BIGINT range",
             # At most 18 characters always fits (|n| < 10^18 < 2^63): only longer ones need Postgres' own check.
-            "({n} ~ '^[+-]?[0-9]+$' AND (length({n}) <= 18 OR pg_input_is_valid({n}, 'bigint')))",
+            f"({{n}} ~ {_quote(WHOLE_NUMBER)} AND (length({{n}}) <= 18 OR pg_input_is_valid({{n}}, 'bigint')))",
             "{n}::bigint",
             plain_pattern=r"^(?:[+-][0-9]{1,17}|[0-9]{1,18})$",  # the valid template's first case
             plain_is_valid=True,
@@ -230,7 +230,7 @@ class Plain:
             changed = pc.or_(pc.equal(size, 0), pc.not_equal(size, pc.binary_length(pc.utf8_trim(values, _WHITESPACE))))
             if pc.any(changed).as_py():  # what `trimmed` would change: a blank or padded value
                 self.padded.add(field)
-        for pattern in self.patterns.get(field, ()):
+        for pattern in self.patterns[field]:
             if (field, pattern) not in self.irregular and pc.all(pc.match_substring_regex(values, pattern)).as_py() is False:
                 self.irregular.add((field, pattern))
 
