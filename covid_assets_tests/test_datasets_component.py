@@ -536,3 +536,13 @@ def test_the_key_check_trusts_only_a_primary_key_on_exactly_the_key(warehouse_ur
 
     assert key_check_with(list(spec.base.key)) == {"duplicate_keys": 0, "null_keys": 0}
     assert key_check_with([*spec.base.key, "new_case"]) == {"duplicate_keys": 1, "null_keys": 0}
+
+
+@pytest.mark.parametrize("names", [{"primary_key": "history_matches_base"}, {"not_null": "primary_key"}, {"ranges": "row_count_matches_load"}])
+def test_a_check_name_another_check_has_is_refused(names: dict[str, str]) -> None:
+    """Checks are keyed by name, so two checks with one name would leave one of them out unseen."""
+    attributes = cdc_attributes()
+    attributes["checks"] = {**attributes["checks"], "names": names}
+    spec = DatasetDeclaration.model_validate(attributes).to_spec(CDC_YAML)
+    with pytest.raises(DeclarationError, match=f"checks.names: {next(iter(names.values()))} would name two checks"):
+        base_checks(spec)

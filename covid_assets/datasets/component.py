@@ -68,7 +68,7 @@ from psycopg import sql
 from pydantic import Field
 
 from covid_assets.datasets.dataset_spec import DatasetSpec
-from covid_assets.datasets.declaration import DatasetDeclaration
+from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError
 from covid_assets.datasets.history import checks_now, history_checks, repeated_key_rows
 from covid_assets.datasets.operations import confirm_unchanged, job_tables, source_failure, wait_if_retrying
 from covid_assets.freshness import STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy, with_freshness_policy
@@ -633,6 +633,7 @@ def base_checks(spec: DatasetSpec):
     )
 
     specs += [AssetCheckSpec(c.name, asset=keys.base, description=c.description, blocking=c.blocking) for c in history_checks(spec.base)]
+    _refuse_repeated_check_names(spec, [s.name for s in specs])
 
     @multi_asset_check(specs=specs, name=f"check_{spec.name}")
     def check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> Iterator[AssetCheckResult]:
@@ -642,6 +643,16 @@ def base_checks(spec: DatasetSpec):
         yield from history_results(keys.base, spec, warehouse)
 
     return check
+
+
+def _refuse_repeated_check_names(spec: DatasetSpec, names: Sequence[str]) -> None:
+    """Checks are keyed by name: a declared name that another check already has would silently drop
+    one of them, so it is refused here, where every check's final name is known."""
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise DeclarationError(
+            spec.name, "checks.names",
+            f"{', '.join(repeated)} would name two checks of {spec.base.qualified_name} (the checks: {', '.join(names)}); give each its own name",
+        )
 
 
 def evaluate(key: AssetKey, query: CheckQuery, warehouse: WarehouseResource) -> AssetCheckResult:
