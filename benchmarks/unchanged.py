@@ -10,6 +10,8 @@ as a subprocess like measurement 5. Per repetition, in one Dagster instance and 
       (checked, so that the "no write" test below is known to see writes);
   6b. nothing changed since 6a: the same scheduled run again. Target: at most two small requests
       to the source, no table written, wall time <= 40% of 6a.
+  6c. Dagster's floor, for scale: a run of one asset that does nothing (benchmarks/floor_location.py),
+      with the same CLI, instance and executor. No target.
 
 "Writes no table" is checked in Postgres: no table of the eight, nor the base table's history
 and loads, is recreated (same OID) and none holds a row version created after the run started
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.floor_location import FLOOR_JOB
 from benchmarks.measure import Timing
 from benchmarks.report import Row, verdict
 from benchmarks.sections import Bench, BenchmarkError, table_counts
@@ -107,7 +110,8 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
     config_file.write_text(json.dumps(run_config))  # JSON is YAML
     argv = [sys.executable, "-m", "dagster", "job", "execute", "-m", "covid_assets.definitions", "-j", job,
             "-c", str(config_file), "--tags", json.dumps(tags)]
-    full, unchanged = Timing(), Timing()
+    floor_argv = [sys.executable, "-m", "dagster", "job", "execute", "-m", "benchmarks.floor_location", "-j", FLOOR_JOB]
+    full, unchanged, floor = Timing(), Timing(), Timing()
     info: dict[str, object] = {"requests": [], "written": [], "skipped_message": []}
     if not deployment.loaded:
         b.log("6. scheduled runs: first load (untimed)")
@@ -130,6 +134,8 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
         info["requests"].append(b.server.served())
         info["written"].append(_tables_written(deployment.url, marks))
         info["skipped_message"].append("source unchanged" in result.stderr.lower())
+        b.log(f"6. Dagster's floor (a run of one asset that does nothing), repetition {rep + 1}")
+        floor.add(deployment.run(floor_argv, f"floor {rep + 1}"))
     counts = table_counts(deployment.url, ALL_TABLES)
     if counts["covid_19.covid_test_results"] != b.n:
         raise BenchmarkError(f"unexpected table sizes after the scheduled runs: {counts}")
@@ -155,5 +161,11 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
                 + ("; the run logged 'source unchanged'" if all(info["skipped_message"]) else "")
                 + f"; {unchanged.rss_detail}"
             ),
+        ),
+        Row(
+            "6c", "Dagster's floor: a run of one asset that does nothing", floor, None,
+            ratio=f"{floor.median / full.median:.2f}× 6a",
+            note=f"`dagster job execute -m benchmarks.floor_location -j {FLOOR_JOB}` in the same instance; "
+            f"6b − 6c = {unchanged.median - floor.median:.2f} s is what the unchanged COVID run adds; {floor.rss_detail}",
         ),
     ]
