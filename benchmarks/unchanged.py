@@ -36,7 +36,7 @@ from benchmarks.measure import Timing
 from benchmarks.report import Row, verdict
 from benchmarks.sections import Bench, BenchmarkError, table_counts
 from covid_assets.assets.tables import ALL_TABLES, BASE
-from covid_assets.datasets.history import LOADS, HistoryNames
+from covid_assets.datasets.history import HistoryNames
 
 CHANGE_DETECTION_FIELD = "skip_if_unchanged"
 SCHEDULE_NAME = "daily_refresh"
@@ -72,7 +72,7 @@ def scheduled_run_request() -> tuple[str, dict, dict[str, str]]:
 
 
 # Every relation a run may write: the eight tables (the revisions a view), the history and the loads.
-WATCHED = [*ALL_TABLES, f"{BASE.schema}.{HistoryNames.of(BASE).history_name}", f"{BASE.schema}.{LOADS}"]
+WATCHED = [*ALL_TABLES, *(f"{schema}.{table}" for schema, table in HistoryNames.of(BASE).tables)]
 # Row versions of a table; of a view, its definition (CREATE OR REPLACE VIEW rewrites its pg_rewrite row).
 _VERSIONS = {"r": "SELECT count(*) FROM {} WHERE xmin::text::bigint >= %s",
              "v": "SELECT count(*) FROM pg_rewrite WHERE ev_class = '{}'::regclass AND xmin::text::bigint >= %s"}

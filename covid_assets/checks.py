@@ -21,7 +21,7 @@ from dagster import (
 from psycopg import sql
 
 from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, SPEC_BY_KEY, SUMMARIES
-from covid_assets.datasets.history import repeated_key_rows
+from covid_assets.storage.statements import repeated_key_rows
 from covid_assets.storage.warehouse import WarehouseResource
 
 RAGGED_LAG_DAYS = 14

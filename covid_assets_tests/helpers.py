@@ -14,7 +14,7 @@ from psycopg import sql
 
 from covid_assets.assets.tables import ALL_TABLES as TABLES
 from covid_assets.assets.tables import BASE, COVID_SELECTION
-from covid_assets.datasets.history import LOADS, HistoryNames
+from covid_assets.datasets.history import HistoryNames
 from covid_assets.sources.socrata import SocrataSource, SocrataTarget
 from covid_assets.storage.warehouse import DATABASE_PART_ENV
 
@@ -23,7 +23,7 @@ SNAPSHOT = Path(__file__).parents[1] / "covid_assets" / "data" / "hhs_pcr_testin
 SNAPSHOT_ROWS = 57_459
 
 # The base table's revision history and its loads: a run that fails or dies leaves them as they were, too.
-HISTORY_TABLES = [f"{BASE.schema}.{HistoryNames.of(BASE).history_name}", f"{BASE.schema}.{LOADS}"]
+HISTORY_TABLES = [f"{schema}.{table}" for schema, table in HistoryNames.of(BASE).tables]
 
 __all__ = ["COVID_SELECTION", "HISTORY_TABLES", "SNAPSHOT", "SNAPSHOT_ROWS", "TABLES"]
 

@@ -20,7 +20,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from psycopg import sql
 
 from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, OWNERS, REVISIONS
-from covid_assets.datasets.history import LOADS, VALID_FROM, VALID_TO, HistoryNames
+from covid_assets.datasets.history import VALID_FROM, VALID_TO, HistoryNames
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.storage.warehouse import WarehouseResource
 
@@ -85,7 +85,7 @@ def revisions(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     loads table already holds; per-state figures are a query away.
     """
     names = HistoryNames.of(BASE)
-    needed = [(names.schema, names.history_name), (names.schema, LOADS)]
+    needed = names.tables
     if missing := warehouse.missing_tables(needed):
         named = [f"{schema}.{table}" for schema, table in needed if sql.Identifier(schema, table).as_string() in missing]
         raise Failure(f"{', '.join(named)} missing: materialize {BASE.qualified_name} first (its loads record the history)")
@@ -104,7 +104,7 @@ def revisions(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
 def latest_load(warehouse: WarehouseResource) -> dict[str, int | None]:
     """The latest load's id and counts (None before the first load), as `covid_19.loads` records them."""
     rows = warehouse.query(sql.SQL("SELECT load_id, {} FROM {} WHERE table_name = {} ORDER BY load_id DESC LIMIT 1").format(
-        sql.SQL(", ").join(map(sql.Identifier, _LOAD_FIGURES)), sql.Identifier(BASE.schema, LOADS), sql.Literal(BASE.name)))
+        sql.SQL(", ").join(map(sql.Identifier, _LOAD_FIGURES)), HistoryNames.of(BASE).loads, sql.Literal(BASE.name)))
     values = rows[0] if rows else (None,) * (1 + len(_LOAD_FIGURES))
     return {"latest_load_id": values[0], **{f: None if v is None else int(v) for f, v in zip(_LOAD_FIGURES, values[1:])}}
 

@@ -69,11 +69,12 @@ from pydantic import Field
 
 from covid_assets.datasets.dataset_spec import DatasetSpec
 from covid_assets.datasets.declaration import DatasetDeclaration, DeclarationError
-from covid_assets.datasets.history import checks_now, history_checks, repeated_key_rows
+from covid_assets.datasets.history import checks_now, history_checks
 from covid_assets.datasets.operations import confirm_unchanged, job_tables, source_failure, wait_if_retrying
 from covid_assets.freshness import STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy, with_freshness_policy
 from covid_assets.settings import env_flag
 from covid_assets.sources.socrata import FetchStats, SocrataError, SocrataSource, SocrataTarget, SourceSignature
+from covid_assets.storage.statements import repeated_key_rows
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:

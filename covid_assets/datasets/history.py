@@ -36,6 +36,7 @@ from psycopg import sql
 
 from covid_assets.datasets.table_spec import TableSpec
 from covid_assets.storage.postgres_io import lock_table
+from covid_assets.storage.statements import execute, execute_count, listed, matched, stored_columns, table_exists
 
 __all__ = ["HistoryCheck", "HistoryError", "HistoryLoad", "HistoryNames", "LoadOrigin", "checks_now", "history_checks"]
 
@@ -85,6 +86,11 @@ class HistoryNames:
     @property
     def at_load_name(self) -> str:
         return f"{self.table}_at_load"
+
+    @property
+    def tables(self) -> list[tuple[str, str]]:
+        """(schema, name) of the history and of the loads table: what a load writes besides the base table."""
+        return [(self.schema, self.history_name), (self.schema, LOADS)]
 
     @property
     def base(self) -> sql.Identifier:
@@ -142,7 +148,7 @@ class HistoryLoad:
         _ensure_loads(connection, names)
         mirrored = _mirrored(columns)
         _ensure_history(connection, names, base.key, mirrored)
-        last = _execute(connection, sql.SQL("SELECT max(load_id) FROM {} WHERE table_name = {}").format(
+        last = execute(connection, sql.SQL("SELECT max(load_id) FROM {} WHERE table_name = {}").format(
             names.loads, sql.Literal(names.table)))[0][0]
         if last is None:
             last = _record_existing_table(connection, names, mirrored, LoadOrigin(run_id=(origin or LoadOrigin()).run_id))
@@ -153,17 +159,17 @@ class HistoryLoad:
         """Run one merge statement (DELETE/UPDATE/INSERT on the base table aliased `b`, no RETURNING)
         and write its rows' versions in the same statement; returns the rows it changed."""
         returned = self.key if change == "withdrawn" else self.columns
-        parts = [sql.SQL("changed AS ({} RETURNING {})").format(statement, _listed(returned, "b"))]
+        parts = [sql.SQL("changed AS ({} RETURNING {})").format(statement, listed(returned, "b"))]
         if change != "added":
             parts.append(sql.SQL(
                 "closed AS (UPDATE {h} AS h SET {to} = {n} FROM changed AS c WHERE {match} AND h.{to} IS NULL RETURNING 1)"
-            ).format(h=self.names.history, to=sql.Identifier(VALID_TO), n=sql.Literal(self.load_id), match=_matched(self.key, "h", "c")))
+            ).format(h=self.names.history, to=sql.Identifier(VALID_TO), n=sql.Literal(self.load_id), match=matched(self.key, "h", "c")))
         if change != "withdrawn":
             parts.append(sql.SQL("opened AS (INSERT INTO {} ({}, {}) SELECT {}, {} FROM changed RETURNING 1)").format(
-                self.names.history, _listed(self.columns), sql.Identifier(VALID_FROM), _listed(self.columns), sql.Literal(self.load_id)))
+                self.names.history, listed(self.columns), sql.Identifier(VALID_FROM), listed(self.columns), sql.Literal(self.load_id)))
         closed = sql.SQL("(SELECT count(*) FROM closed)") if change != "added" else sql.SQL("NULL")
         statement = sql.SQL("WITH {} SELECT (SELECT count(*) FROM changed), {}").format(sql.SQL(", ").join(parts), closed)
-        changed, closed_count = _execute(connection, statement)[0]
+        changed, closed_count = execute(connection, statement)[0]
         if closed_count is not None and closed_count != changed:
             raise HistoryError(
                 f"{self.names.history_name} holds no current version of {changed - closed_count:,} of the {changed:,} {change} row(s) of "
@@ -186,14 +192,14 @@ def _record_existing_table(connection: adbc.Connection, names: HistoryNames, col
     Its committed_at is this transaction's start: the table stood so at least from then until
     this load commits; what it held before is unknown, so an earlier as-of finds no rows.
     """
-    if _execute(connection, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(names.history))[0][0]:
+    if execute(connection, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(names.history))[0][0]:
         raise HistoryError(
             f"{names.history_name} has rows but {names.schema}.{LOADS} records no load of {names.table}: "
             f"empty {names.history_name} to record the table as it stands again"
         )
-    listed = _listed([name for name, _ in columns])
-    rows = _execute_count(connection, sql.SQL("INSERT INTO {} ({}, {}) SELECT {}, 1 FROM {}").format(
-        names.history, listed, sql.Identifier(VALID_FROM), listed, names.base))
+    column_list = listed([name for name, _ in columns])
+    rows = execute_count(connection, sql.SQL("INSERT INTO {} ({}, {}) SELECT {}, 1 FROM {}").format(
+        names.history, column_list, sql.Identifier(VALID_FROM), column_list, names.base))
     if not rows:
         return 0
     _insert_load(connection, names, 1, origin, None, rows, rows, 0, 0, committed_at=sql.SQL("now()"))
@@ -204,7 +210,7 @@ def _insert_load(
     connection: adbc.Connection, names: HistoryNames, load_id: int, origin: LoadOrigin, content_hash: str | None,
     total: int, added: int, revised: int, withdrawn: int, committed_at: sql.Composable = sql.SQL("NULL"),
 ) -> None:
-    _execute(connection, sql.SQL(
+    execute(connection, sql.SQL(
         "INSERT INTO {} (table_name, load_id, run_id, committed_at, rows_updated_at, source_file, content_hash, "
         "rows_total, rows_added, rows_revised, rows_withdrawn) VALUES ({})"
     ).format(names.loads, sql.SQL(", ").join([
@@ -217,28 +223,28 @@ def _insert_load(
 # ----------------------------------------------------------------------------- tables and functions
 def _ensure_loads(connection: adbc.Connection, names: HistoryNames) -> None:
     """The schema's loads table and its commit-time trigger, created once (under a lock: datasets may share a schema)."""
-    if _exists(connection, names.loads):
+    if table_exists(connection, names.loads):
         return
     lock_table(connection, names.loads)
-    if _exists(connection, names.loads):
+    if table_exists(connection, names.loads):
         return
     stamp = sql.Identifier(names.schema, "loads_committed_at")
-    _execute(connection, sql.SQL(
+    execute(connection, sql.SQL(
         "CREATE TABLE {} (table_name text NOT NULL, load_id bigint NOT NULL, run_id text, committed_at timestamptz, "
         "rows_updated_at timestamptz, source_file text, content_hash text, rows_total bigint NOT NULL, "
         "rows_added bigint NOT NULL, rows_revised bigint NOT NULL, rows_withdrawn bigint NOT NULL, "
         "PRIMARY KEY (table_name, load_id))"
     ).format(names.loads))
-    _execute(connection, sql.SQL("COMMENT ON TABLE {} IS {}").format(names.loads, sql.Literal(
+    execute(connection, sql.SQL("COMMENT ON TABLE {} IS {}").format(names.loads, sql.Literal(
         "One row per committed load that changed a base table of this schema; load_id counts up per table. "
         "The versions are in <table>_history; <table>_as_of(ts) and <table>_at_load(load_id) read them.")))
-    _execute(connection, sql.SQL(
+    execute(connection, sql.SQL(
         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}"
     ).format(stamp, sql.Literal(
         "BEGIN EXECUTE format('UPDATE %I.%I SET committed_at = clock_timestamp() WHERE table_name = $1 AND load_id = $2', "
         "TG_TABLE_SCHEMA, TG_TABLE_NAME) USING NEW.table_name, NEW.load_id; RETURN NULL; END")))
     # Deferred: fires at COMMIT, so committed_at is when the load became visible, not when it was written.
-    _execute(connection, sql.SQL(
+    execute(connection, sql.SQL(
         "CREATE CONSTRAINT TRIGGER loads_committed_at AFTER INSERT ON {} DEFERRABLE INITIALLY DEFERRED "
         "FOR EACH ROW WHEN (NEW.committed_at IS NULL) EXECUTE FUNCTION {}()"
     ).format(names.loads, stamp))
@@ -247,20 +253,20 @@ def _ensure_loads(connection: adbc.Connection, names: HistoryNames) -> None:
 def _ensure_history(connection: adbc.Connection, names: HistoryNames, key: Sequence[str], columns: list[tuple[str, str]]) -> None:
     """Create the history table, or add the base table's columns it lacks."""
     definitions = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in columns]
-    if not _exists(connection, names.history):
+    if not table_exists(connection, names.history):
         versions = [sql.SQL("{} bigint NOT NULL").format(sql.Identifier(VALID_FROM)), sql.SQL("{} bigint").format(sql.Identifier(VALID_TO))]
-        primary = sql.SQL("PRIMARY KEY ({}, {})").format(_listed(key), sql.Identifier(VALID_FROM))
-        _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(names.history, sql.SQL(", ").join([*definitions, *versions, primary])))
+        primary = sql.SQL("PRIMARY KEY ({}, {})").format(listed(key), sql.Identifier(VALID_FROM))
+        execute(connection, sql.SQL("CREATE TABLE {} ({})").format(names.history, sql.SQL(", ").join([*definitions, *versions, primary])))
         # The version axis: what a load opened, what it closed (per-load changes, the reconciliation).
         for column in (VALID_FROM, VALID_TO):
-            _execute(connection, sql.SQL("CREATE INDEX {} ON {} ({})").format(names.index(column), names.history, sql.Identifier(column)))
-        _execute(connection, sql.SQL("COMMENT ON TABLE {} IS {}").format(names.history, sql.Literal(
+            execute(connection, sql.SQL("CREATE INDEX {} ON {} ({})").format(names.index(column), names.history, sql.Identifier(column)))
+        execute(connection, sql.SQL("COMMENT ON TABLE {} IS {}").format(names.history, sql.Literal(
             f"Every version of every row of {names.schema}.{names.table}: valid from load valid_from_load until load "
             f"valid_to_load (NULL while current); loads in {names.schema}.{LOADS}.")))
         return
     present = {name for name, _ in stored_columns(connection, names.history)}
     if missing := [d for (name, _), d in zip(columns, definitions) if name not in present]:
-        _execute(connection, sql.SQL("ALTER TABLE {} {}").format(names.history, sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in missing)))
+        execute(connection, sql.SQL("ALTER TABLE {} {}").format(names.history, sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in missing)))
 
 
 def create_functions(connection: adbc.Connection, names: HistoryNames, columns: Sequence[str]) -> None:
@@ -270,31 +276,23 @@ def create_functions(connection: adbc.Connection, names: HistoryNames, columns: 
     every load, so their SELECT lists the table's columns as they are (a column gained, or dropped
     by hand).
     """
-    listed = _listed(columns, "h")
+    column_list = listed(columns, "h")
     current = sql.SQL("h.{frm} <= v.n AND (h.{to} IS NULL OR h.{to} > v.n)").format(frm=sql.Identifier(VALID_FROM), to=sql.Identifier(VALID_TO))
     of_table = sql.SQL("table_name = {}").format(sql.Literal(names.table))
     at_load = sql.SQL(
         "SELECT {c} FROM {h} AS h, (SELECT $1 AS n WHERE $1 <= (SELECT max(load_id) FROM {l} WHERE {t})) AS v WHERE {w}"
-    ).format(c=listed, h=names.history, l=names.loads, t=of_table, w=current)
+    ).format(c=column_list, h=names.history, l=names.loads, t=of_table, w=current)
     as_of = sql.SQL(
         "SELECT {c} FROM {h} AS h, (SELECT max(load_id) AS n FROM {l} WHERE {t} AND committed_at <= $1) AS v WHERE {w}"
-    ).format(c=listed, h=names.history, l=names.loads, t=of_table, w=current)
+    ).format(c=column_list, h=names.history, l=names.loads, t=of_table, w=current)
     for function, argument, body, about in (
         (names.at_load, "load_id bigint", at_load, "after load load_id (no rows for a load id not recorded)"),
         (names.as_of, "ts timestamptz", as_of, "after the last load committed at or before ts (no rows before the first)"),
     ):
-        _execute(connection, sql.SQL("CREATE OR REPLACE FUNCTION {}({}) RETURNS SETOF {} LANGUAGE sql STABLE AS {}").format(
+        execute(connection, sql.SQL("CREATE OR REPLACE FUNCTION {}({}) RETURNS SETOF {} LANGUAGE sql STABLE AS {}").format(
             function, sql.SQL(argument), names.base, sql.Literal(body.as_string())))
-        _execute(connection, sql.SQL("COMMENT ON FUNCTION {}({}) IS {}").format(
+        execute(connection, sql.SQL("COMMENT ON FUNCTION {}({}) IS {}").format(
             function, sql.SQL(argument.split()[1]), sql.Literal(f"{names.schema}.{names.table} as it stood {about}.")))
-
-
-def stored_columns(connection: adbc.Connection, table: sql.Identifier) -> list[tuple[str, str]]:
-    """(name, type) of a table's columns as stored, in order (none when the table does not exist)."""
-    return [(name, type_) for name, type_ in _execute(connection, sql.SQL(
-        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
-    ).format(sql.Literal(table.as_string())))]
 
 
 def _mirrored(columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -321,14 +319,14 @@ RECONCILES = "loads_reconcile_with_history"
 def history_checks(base: TableSpec, columns: Sequence[str] | None = None) -> list[HistoryCheck]:
     """The history's two checks; `columns` are the base table's stored columns (default: the declared ones)."""
     names = HistoryNames.of(base)
-    listed = _listed(columns or base.column_names)
-    current = sql.SQL("SELECT {} FROM {} WHERE {} IS NULL").format(listed, names.history, sql.Identifier(VALID_TO))
-    stored = sql.SQL("SELECT {} FROM {}").format(listed, names.base)
+    column_list = listed(columns or base.column_names)
+    current = sql.SQL("SELECT {} FROM {} WHERE {} IS NULL").format(column_list, names.history, sql.Identifier(VALID_TO))
+    stored = sql.SQL("SELECT {} FROM {}").format(column_list, names.base)
     # Two fingerprints first (row count and the sum of 64-bit row hashes: one scan each, no sort);
     # only when they differ are the two EXCEPT ALL sorts run to count the offending rows. Equal
     # fingerprints of different row multisets would take a 64-bit hash collision. On the 243k-row
     # COVID table: 0.18 s instead of 0.47 s.
-    fingerprint = sql.SQL("count(*) AS n, sum(hash_record_extended(ROW({}), 0)::numeric) AS h").format(listed)
+    fingerprint = sql.SQL("count(*) AS n, sum(hash_record_extended(ROW({}), 0)::numeric) AS h").format(column_list)
     matches = sql.SQL(
         "SELECT CASE WHEN {same} THEN 0 ELSE (SELECT count(*) FROM ({b} EXCEPT ALL {c}) d) END AS base_rows_not_current_in_history, "
         "CASE WHEN {same} THEN 0 ELSE (SELECT count(*) FROM ({c} EXCEPT ALL {b}) d) END AS current_history_rows_not_in_base "
@@ -372,43 +370,7 @@ def checks_now(connection: adbc.Connection, base: TableSpec) -> list[HistoryChec
     """The checks as the warehouse stands: over the base table's stored columns; failing (a count of 1
     in `history_tables_missing`) where the history or loads table does not exist yet."""
     names = HistoryNames.of(base)
-    if not (_exists(connection, names.history) and _exists(connection, names.loads) and _exists(connection, names.base)):
+    if not (table_exists(connection, names.history) and table_exists(connection, names.loads) and table_exists(connection, names.base)):
         missing = sql.SQL("SELECT 1 AS history_tables_missing")
         return [HistoryCheck(c.name, c.description, c.blocking, missing) for c in history_checks(base)]
     return history_checks(base, [name for name, _ in _mirrored(stored_columns(connection, names.base))])
-
-
-# ----------------------------------------------------------------------------- SQL helpers
-def _listed(columns: Sequence[str], alias: str | None = None) -> sql.Composed:
-    if alias is None:
-        return sql.SQL(", ").join(map(sql.Identifier, columns))
-    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns)
-
-
-def _matched(key: Sequence[str], left: str, right: str) -> sql.Composed:
-    return sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier(left, c), sql.Identifier(right, c)) for c in key)
-
-
-def repeated_key_rows(table: sql.Composable, key: Sequence[str]) -> sql.Composed:
-    """Rows beyond the first of each key. A GROUP BY (hash aggregate) takes half the time of
-    `count(DISTINCT (row))`, which sorts composite values: 0.15 vs 0.26 s on the base table."""
-    return sql.SQL(
-        "SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM {} GROUP BY {} HAVING count(*) > 1) repeated"
-    ).format(table, sql.SQL(", ").join(map(sql.Identifier, key)))
-
-
-def _exists(connection: adbc.Connection, table: sql.Identifier) -> bool:
-    return bool(_execute(connection, sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(table.as_string())))[0][0])
-
-
-def _execute(connection: adbc.Connection, statement: sql.Composable) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string())
-        return cursor.fetchall() if cursor.description else []
-
-
-def _execute_count(connection: adbc.Connection, statement: sql.Composable) -> int:
-    """Rows a data-changing statement touched (CREATE TABLE AS, INSERT, UPDATE, DELETE)."""
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string())
-        return cursor.rowcount

@@ -41,14 +41,15 @@ from psycopg import sql
 
 from covid_assets.datasets.dataset_spec import EXTRA_COLUMNS, FETCHED_AT, DatasetSpec
 from covid_assets.datasets.extra_columns import MAX_EXTRA_COLUMNS, MAX_EXTRA_NAME_CHARS, extra_keys, json_objects, without_nul
-from covid_assets.datasets.history import (
-    Change, HistoryLoad, LoadOrigin, _execute, _execute_count, _exists, _listed, _matched, repeated_key_rows, stored_columns,
-)
+from covid_assets.datasets.history import Change, HistoryLoad, LoadOrigin
 from covid_assets.datasets.sql_typing import Plain, completed, rule, rule_problems, trimmed
 from covid_assets.datasets.table_spec import ColumnSpec, TableSpec
 from covid_assets.sources.socrata.errors import SocrataError, clip
 from covid_assets.sources.socrata.rows import column_order
 from covid_assets.storage.postgres_io import lock_table
+from covid_assets.storage.statements import (
+    execute, execute_count, listed, matched, repeated_key_rows, stored_columns, table_exists,
+)
 
 __all__ = [
     "Gate",
@@ -163,8 +164,8 @@ def land(
     """
     _return_freed_memory()
     table = _staging_name("raw", spec)
-    _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(table)))
-    _execute(connection, _create_staging(table, spec.raw, fetched_at))
+    execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(table)))
+    execute(connection, _create_staging(table, spec.raw, fetched_at))
     stager = _Stager(spec)
     with connection.cursor() as cursor:
         landed = (stager.landed(page) for page in pages if page.num_rows)
@@ -310,19 +311,19 @@ def gate(
     """Type the staged rows, refuse bad rows and a shrinking source, keep the last delivered row of each key."""
     typed_all = _staging_name("typed_all", spec)
     typing = _Typing(spec, landing.table, landing.plain)
-    _execute(connection, typing.create_all(typed_all))
-    bad = _execute(connection, sql.SQL("SELECT count(*) FROM pg_temp.{} WHERE {}").format(
+    execute(connection, typing.create_all(typed_all))
+    bad = execute(connection, sql.SQL("SELECT count(*) FROM pg_temp.{} WHERE {}").format(
         sql.Identifier(typed_all), sql.Identifier(_BAD)))[0][0]
     if bad:
         raise InvalidRowsError(_bad_rows_message(connection, typing, landing.rows, bad))
     table, rows = typed_all, landing.rows
     # A key delivered more than once keeps its last row (a sort of every row, DISTINCT ON); a
     # delivery without repeats, the usual one, is merged as typed (a hash aggregate finds out).
-    if spec.base.key and _execute(connection, sql.SQL("SELECT ({}) > 0").format(
+    if spec.base.key and execute(connection, sql.SQL("SELECT ({}) > 0").format(
             repeated_key_rows(sql.SQL("pg_temp.{}").format(sql.Identifier(typed_all)), spec.base.key)))[0][0]:
         table = _staging_name("typed", spec)
-        rows = _execute_count(connection, typing.create_unique(table, typed_all))
-        _execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
+        rows = execute_count(connection, typing.create_unique(table, typed_all))
+        execute(connection, sql.SQL("DROP TABLE pg_temp.{}").format(sql.Identifier(typed_all)))
     if not allow_shrink:
         _refuse_shrinking(connection, spec, table, rows, max_shrink_fraction)
     return Gate(landing=landing, table=table, rows=rows)
@@ -430,10 +431,10 @@ def _bad_rows_message(connection: adbc.Connection, typing: _Typing, total: int, 
     """Worded as the COVID parser's: how many rows of how many, per problem, the first rows as delivered."""
     problems = typing.problems()
     counts_sql = sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE {})").format(predicate) for _, predicate in problems)
-    counts = _execute(connection, sql.SQL("SELECT {} FROM ({}) AS typed").format(counts_sql, typing.typed_rows()))[0]
+    counts = execute(connection, sql.SQL("SELECT {} FROM ({}) AS typed").format(counts_sql, typing.typed_rows()))[0]
     flags = sql.SQL(", ").join(predicate for _, predicate in problems)
     fields = [column.source_field for column in typing.columns]
-    first = _execute(
+    first = execute(
         connection,
         sql.SQL("SELECT typed.{row}, {values}, {flags} FROM ({typed}) AS typed JOIN pg_temp.{staging} AS s USING ({row}) "
                 "WHERE {any} ORDER BY typed.{row} LIMIT {limit}").format(
@@ -460,9 +461,9 @@ def _refuse_shrinking(connection: adbc.Connection, spec: DatasetSpec, typed: str
     """Worded as the COVID guard's: too few rows for the floor, or whole series of `series_key` gone."""
     base = spec.base
     lock_table(connection, _qualified(base))
-    if not _exists(connection, _qualified(base)):
+    if not table_exists(connection, _qualified(base)):
         return
-    stored = _execute(connection, sql.SQL("SELECT count(*) FROM {}").format(_qualified(base)))[0][0]
+    stored = execute(connection, sql.SQL("SELECT count(*) FROM {}").format(_qualified(base)))[0][0]
     if stored == 0:
         return
     problems = []
@@ -486,7 +487,7 @@ def _lost_series(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
     """How many series the stored base has and the delivery lacks, and the first few (sorted), as "a/b"."""
     series = sql.SQL(", ").join(map(sql.Identifier, spec.series_key))
     shown = sql.SQL(" || '/' || ").join(sql.SQL("coalesce({}::text, 'NULL')").format(sql.Identifier(c)) for c in spec.series_key)
-    rows = _execute(
+    rows = execute(
         connection,
         sql.SQL(
             "WITH lost AS (SELECT {s} FROM {base} EXCEPT SELECT {s} FROM pg_temp.{typed}) "
@@ -511,8 +512,8 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
     lock_table(connection, _qualified(raw))
     change, _ = _create_table(connection, raw)
     names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
-    _execute(connection, sql.SQL("DELETE FROM {}").format(_qualified(raw)))
-    _execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
+    execute(connection, sql.SQL("DELETE FROM {}").format(_qualified(raw)))
+    execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
         _qualified(raw), sql.Identifier(landing.table), n=names))
     return change
 
@@ -531,8 +532,8 @@ def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
     base = spec.base
     table = _staging_name("diff", spec)
     values = _value_columns(base)
-    distinct = sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(_listed(values, "b"), _listed(values, "t")) if values else sql.SQL("")
-    _execute(connection, sql.SQL(
+    distinct = sql.SQL(" OR ({}) IS DISTINCT FROM ({})").format(listed(values, "b"), listed(values, "t")) if values else sql.SQL("")
+    execute(connection, sql.SQL(
         "CREATE TEMPORARY TABLE {diff} ON COMMIT DROP AS SELECT "
         "CASE WHEN b.{present} IS NULL THEN 'added' WHEN t.{present} IS NULL THEN 'withdrawn' ELSE 'revised' END AS {change}, "
         "{key}{values} "
@@ -548,7 +549,7 @@ def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
         names=sql.SQL(", ").join(map(sql.Identifier, base.column_names)),
         typed=sql.Identifier(typed),
         base=_qualified(base),
-        matched=_matched(base.key, "b", "t"),
+        matched=matched(base.key, "b", "t"),
         distinct=distinct,
     ))
     return sql.SQL("pg_temp.{}").format(sql.Identifier(table))
@@ -572,13 +573,13 @@ def merge_base(
     log = HistoryLoad.begin(connection, base, columns, origin, gate.landing.content_hash) if keep_history else None
 
     def changed(change: Change, statement: sql.Composable) -> int:
-        return log.apply(connection, change, statement) if log else _execute_count(connection, statement)
+        return log.apply(connection, change, statement) if log else execute_count(connection, statement)
 
     diff = _create_diff(connection, spec, gate.table)
-    matched = _matched(base.key, "b", "t")
+    on_key = matched(base.key, "b", "t")
     values = _value_columns(base)
     withdrawn = changed("withdrawn", sql.SQL("DELETE FROM {} AS b USING {} AS t WHERE t.{} = 'withdrawn' AND {}").format(
-        _qualified(base), diff, sql.Identifier(_CHANGE), matched))
+        _qualified(base), diff, sql.Identifier(_CHANGE), on_key))
     revised = 0
     if values:
         revised = changed("revised", sql.SQL("UPDATE {} AS b SET {} FROM {} AS t WHERE t.{} = 'revised' AND {}").format(
@@ -586,7 +587,7 @@ def merge_base(
             sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in values),
             diff,
             sql.Identifier(_CHANGE),
-            matched,
+            on_key,
         ))
     names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
     added = changed("added", sql.SQL("INSERT INTO {} AS b ({n}) SELECT {n} FROM {} WHERE {} = 'added'").format(
@@ -598,7 +599,7 @@ def merge_base(
 
 def discard(connection: adbc.Connection, landing: Landing) -> None:
     """Drop the staged delivery of a source found unchanged (before `gate`: no typed table exists yet)."""
-    _execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(landing.table)))
+    execute(connection, sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(landing.table)))
 
 
 # ----------------------------------------------------------------------------- SQL helpers
@@ -626,7 +627,7 @@ def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bo
     type or key is left to a person: the statement that meets it fails and names it. Also returns
     the table's columns as they now stand, (name, type) in order, which the history mirrors.
     """
-    _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
+    execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
     stored = stored_columns(connection, _qualified(table))
     existing = {name for name, _ in stored}
     gained = [(c.name, c.type) for c in table.columns if c.name not in existing]  # ADD COLUMN appends them in this order
@@ -634,9 +635,9 @@ def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bo
     if not existing:
         if primary_key and table.key:
             definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
-        _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(_qualified(table), sql.SQL(", ").join(definitions)))
+        execute(connection, sql.SQL("CREATE TABLE {} ({})").format(_qualified(table), sql.SQL(", ").join(definitions)))
     elif definitions:
-        _execute(connection, sql.SQL("ALTER TABLE {} {}").format(
+        execute(connection, sql.SQL("ALTER TABLE {} {}").format(
             _qualified(table), sql.SQL(", ").join(sql.SQL("ADD COLUMN ") + d for d in definitions)))
     if not existing:
         return SchemaChange(), gained

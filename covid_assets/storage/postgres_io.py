@@ -63,6 +63,7 @@ from pydantic import Field
 
 from covid_assets.storage import partitions
 from covid_assets.storage.keyed_diff import diff_by_key
+from covid_assets.storage.statements import execute
 from covid_assets.storage.warehouse import WarehouseResource
 
 PRIMARY_KEY_METADATA = "primary_key"
@@ -142,7 +143,7 @@ class PostgresClient(DbClient):
 
     @staticmethod
     def ensure_schema_exists(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
-        _execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_slice.schema)))
+        execute(connection, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_slice.schema)))
 
     @staticmethod
     def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: adbc.Connection) -> None:
@@ -226,14 +227,14 @@ def empty_rows(connection: adbc.Connection, table_slice: TableSlice) -> None:
     """Delete the slice's rows: its partitions', or the whole table's."""
     if table_slice.partition_dimensions:
         partitions.check_expressions(connection, table_slice)
-    _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
+    execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
 
 
 def replace_rows(connection: adbc.Connection, table_slice: TableSlice, table: pa.Table, delete_first: bool) -> None:
     """DELETE, not TRUNCATE: MVCC keeps the old rows visible to readers until commit (and a
     partition's write deletes only its partitions' rows)."""
     if delete_first:
-        _execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
+        execute(connection, sql.SQL("DELETE FROM {}").format(qualified_name(table_slice)) + _where(table_slice))
     with connection.cursor() as cursor:
         cursor.adbc_ingest(table_slice.table, table, mode="append", db_schema_name=table_slice.schema)
 
@@ -273,7 +274,7 @@ def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Ta
         )
         matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
         document = json.dumps(keys.select(primary_key).to_pylist(), default=str)  # one quoted literal, whatever the keys hold
-        _execute(
+        execute(
             connection,
             sql.SQL("DELETE FROM {} t USING jsonb_to_recordset({}::jsonb) AS s({}) WHERE {}").format(
                 target, sql.Literal(document), record, matches
@@ -283,13 +284,13 @@ def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Ta
     stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
     stage = sql.Identifier(stage_name)
     columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
-    _execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
+    execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
     with connection.cursor() as cursor:
         cursor.adbc_ingest(stage_name, keys, mode="append", temporary=True)
-    _execute(connection, sql.SQL("ANALYZE {}").format(stage))
+    execute(connection, sql.SQL("ANALYZE {}").format(stage))
     matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
-    _execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
-    _execute(connection, sql.SQL("DROP TABLE {}").format(stage))
+    execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
+    execute(connection, sql.SQL("DROP TABLE {}").format(stage))
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -476,7 +477,7 @@ def sync_table_definition(
         )
     added = tuple(column for column in column_types if column not in current_columns)
     for column in added:
-        _execute(connection, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(name, sql.Identifier(column), sql.SQL(column_types[column])))
+        execute(connection, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(name, sql.Identifier(column), sql.SQL(column_types[column])))
     key_changed = current_key != primary_key
     if key_changed:
         _drop_primary_key(connection, table_slice, [column for column in current_key if column not in primary_key])
@@ -488,7 +489,7 @@ def _create_table(connection: adbc.Connection, name: sql.Identifier, column_type
     columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]
     if primary_key:
         columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
-    _execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
+    execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
 
 
 def _drop_primary_key(connection: adbc.Connection, table_slice: TableSlice, leaving_key: list[str]) -> None:
@@ -498,15 +499,15 @@ def _drop_primary_key(connection: adbc.Connection, table_slice: TableSlice, leav
         cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", (name.as_string(),))
         constraints = [row[0] for row in cursor.fetchall()]
     for constraint in constraints:
-        _execute(connection, sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(name, sql.Identifier(constraint)))
+        execute(connection, sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(name, sql.Identifier(constraint)))
     for column in leaving_key:
-        _execute(connection, sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(name, sql.Identifier(column)))
+        execute(connection, sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(name, sql.Identifier(column)))
 
 
 def _add_primary_key(connection: adbc.Connection, table_slice: TableSlice, primary_key: list[str]) -> None:
     """Built after the rows are loaded (one index build instead of row-by-row maintenance)."""
     columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
-    _execute(connection, sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(qualified_name(table_slice), columns))
+    execute(connection, sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(qualified_name(table_slice), columns))
 
 
 _DEFINITION_QUERY = """
@@ -528,11 +529,6 @@ def _current_definition(connection: adbc.Connection, table_slice: TableSlice) ->
     columns = {name: _TYPE_ALIASES.get(pg_type, pg_type) for name, pg_type, _, _ in rows}
     primary_key = [name for name, _, in_key, position in sorted(rows, key=lambda row: row[3] or 0) if in_key]
     return columns, primary_key
-
-
-def _execute(connection: adbc.Connection, statement: sql.Composable) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string())
 
 
 class PostgresPandasIOManager(ConfigurableIOManagerFactory):
