@@ -98,6 +98,11 @@ def _tables_written(url: str, marks: tuple[int, dict[str, int]]) -> list[str]:
     return written
 
 
+def job_execute(module: str, job: str, *options: str) -> list[str]:
+    """`dagster job execute` of `job` in the code location `module`, as measurements 6a-6c run it."""
+    return [sys.executable, "-m", "dagster", "job", "execute", "-m", module, "-j", job, *options]
+
+
 def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
     available = change_detection_available()
     if mode == "off" or (mode == "auto" and not available):
@@ -108,9 +113,8 @@ def scheduled_unchanged(b: Bench, mode: str) -> list[Row]:
     deployment = b.deployment()  # the one measurement 5 used, when it ran: its runs are the last load
     config_file = Path(deployment.home, "scheduled_run.yaml")
     config_file.write_text(json.dumps(run_config))  # JSON is YAML
-    argv = [sys.executable, "-m", "dagster", "job", "execute", "-m", "covid_assets.definitions", "-j", job,
-            "-c", str(config_file), "--tags", json.dumps(tags)]
-    floor_argv = [sys.executable, "-m", "dagster", "job", "execute", "-m", "benchmarks.floor_location", "-j", FLOOR_JOB]
+    argv = job_execute("covid_assets.definitions", job, "-c", str(config_file), "--tags", json.dumps(tags))
+    floor_argv = job_execute("benchmarks.floor_location", FLOOR_JOB)
     full, unchanged, floor = Timing(), Timing(), Timing()
     info: dict[str, object] = {"requests": [], "written": [], "skipped_message": []}
     if not deployment.loaded:

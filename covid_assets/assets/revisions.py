@@ -22,6 +22,7 @@ from psycopg import sql
 from covid_assets.assets.tables import BASE, BASE_ASSET_KEY, OWNERS, REVISIONS
 from covid_assets.datasets.history import VALID_FROM, VALID_TO, HistoryNames
 from covid_assets.datasets.table_spec import TableSpec
+from covid_assets.storage.statements import listed
 from covid_assets.storage.warehouse import WarehouseResource
 
 __all__ = ["revisions", "revisions_query"]
@@ -104,7 +105,7 @@ def revisions(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
 def latest_load(warehouse: WarehouseResource) -> dict[str, int | None]:
     """The latest load's id and counts (None before the first load), as `covid_19.loads` records them."""
     rows = warehouse.query(sql.SQL("SELECT load_id, {} FROM {} WHERE table_name = {} ORDER BY load_id DESC LIMIT 1").format(
-        sql.SQL(", ").join(map(sql.Identifier, _LOAD_FIGURES)), HistoryNames.of(BASE).loads, sql.Literal(BASE.name)))
+        listed(_LOAD_FIGURES), HistoryNames.of(BASE).loads, sql.Literal(BASE.name)))
     values = rows[0] if rows else (None,) * (1 + len(_LOAD_FIGURES))
     return {"latest_load_id": values[0], **{f: None if v is None else int(v) for f, v in zip(_LOAD_FIGURES, values[1:])}}
 

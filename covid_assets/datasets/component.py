@@ -74,7 +74,7 @@ from covid_assets.datasets.operations import confirm_unchanged, job_tables, sour
 from covid_assets.freshness import STALENESS_CHECK, source_stale_days, source_staleness, table_freshness_policy, with_freshness_policy
 from covid_assets.settings import env_flag
 from covid_assets.sources.socrata import FetchStats, SocrataError, SocrataSource, SocrataTarget, SourceSignature
-from covid_assets.storage.statements import repeated_key_rows
+from covid_assets.storage.statements import listed, repeated_key_rows
 from covid_assets.storage.warehouse import COMMIT_FAILED_TAG, WarehouseResource
 
 if TYPE_CHECKING:
@@ -419,7 +419,7 @@ def preview(connection: Any, table) -> MetadataValue:
     """The table's first rows (by key) as markdown, as the IO manager shows a write."""
     from covid_assets.storage.postgres_io import PREVIEW_ROWS
 
-    order = sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, table.key))) if table.key else sql.SQL("")
+    order = sql.SQL(" ORDER BY {}").format(listed(table.key)) if table.key else sql.SQL("")
     statement = sql.SQL("SELECT * FROM {}{} LIMIT {}").format(sql.Identifier(table.schema, table.name), order, sql.Literal(PREVIEW_ROWS))
     with connection.cursor() as cursor:
         cursor.execute(statement.as_string())
@@ -526,8 +526,7 @@ def holds_last_load(warehouse: WarehouseResource, spec: DatasetSpec, last: LastL
     them) has been dropped: one catalog query, then one count."""
     if warehouse.missing_tables([(spec.base.schema, spec.base.name), *(tuple(key.path) for key in tables if key != spec.base.asset_key and len(key.path) == 2)]):
         return False
-    (rows,) = warehouse.query(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.base.schema, spec.base.name)))[0]
-    return rows == last.base_rows
+    return warehouse.count_rows(spec.base.schema, spec.base.name) == last.base_rows
 
 
 # ----------------------------------------------------------------------------- checks

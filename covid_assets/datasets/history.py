@@ -370,7 +370,7 @@ def checks_now(connection: adbc.Connection, base: TableSpec) -> list[HistoryChec
     """The checks as the warehouse stands: over the base table's stored columns; failing (a count of 1
     in `history_tables_missing`) where the history or loads table does not exist yet."""
     names = HistoryNames.of(base)
-    if not (table_exists(connection, names.history) and table_exists(connection, names.loads) and table_exists(connection, names.base)):
+    if not table_exists(connection, names.history, names.loads, names.base):
         missing = sql.SQL("SELECT 1 AS history_tables_missing")
         return [HistoryCheck(c.name, c.description, c.blocking, missing) for c in history_checks(base)]
     return history_checks(base, [name for name, _ in _mirrored(stored_columns(connection, names.base))])

@@ -420,8 +420,8 @@ class _Typing:
 
     def create_unique(self, table: str, typed_all: str) -> sql.Composed:
         """One row per key: the last delivered (the highest position), as a full refresh of the source says."""
-        names = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.column_names))
-        key = sql.SQL(", ").join(map(sql.Identifier, self.spec.base.key))
+        names = listed(self.spec.base.column_names)
+        key = listed(self.spec.base.key)
         return sql.SQL(
             "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT DISTINCT ON ({key}) {names} FROM pg_temp.{} ORDER BY {key}, {row} DESC"
         ).format(sql.Identifier(table), sql.Identifier(typed_all), key=key, names=names, row=sql.Identifier(ROW))
@@ -485,7 +485,7 @@ def _refuse_shrinking(connection: adbc.Connection, spec: DatasetSpec, typed: str
 
 def _lost_series(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> tuple[int, list[str]] | None:
     """How many series the stored base has and the delivery lacks, and the first few (sorted), as "a/b"."""
-    series = sql.SQL(", ").join(map(sql.Identifier, spec.series_key))
+    series = listed(spec.series_key)
     shown = sql.SQL(" || '/' || ").join(sql.SQL("coalesce({}::text, 'NULL')").format(sql.Identifier(c)) for c in spec.series_key)
     rows = execute(
         connection,
@@ -511,7 +511,7 @@ def publish_raw(connection: adbc.Connection, spec: DatasetSpec, landing: Landing
     raw = spec.raw
     lock_table(connection, _qualified(raw))
     change, _ = _create_table(connection, raw)
-    names = sql.SQL(", ").join(map(sql.Identifier, raw.column_names))
+    names = listed(raw.column_names)
     execute(connection, sql.SQL("DELETE FROM {}").format(_qualified(raw)))
     execute(connection, sql.SQL("INSERT INTO {} ({n}) SELECT {n} FROM pg_temp.{}").format(
         _qualified(raw), sql.Identifier(landing.table), n=names))
@@ -546,7 +546,7 @@ def _create_diff(connection: adbc.Connection, spec: DatasetSpec, typed: str) -> 
         change=sql.Identifier(_CHANGE),
         key=sql.SQL(", ").join(sql.SQL("coalesce(t.{c}, b.{c}) AS {c}").format(c=sql.Identifier(c)) for c in base.key),
         values=sql.SQL("").join(sql.SQL(", t.{c}").format(c=sql.Identifier(c)) for c in values),
-        names=sql.SQL(", ").join(map(sql.Identifier, base.column_names)),
+        names=listed(base.column_names),
         typed=sql.Identifier(typed),
         base=_qualified(base),
         matched=matched(base.key, "b", "t"),
@@ -589,7 +589,7 @@ def merge_base(
             sql.Identifier(_CHANGE),
             on_key,
         ))
-    names = sql.SQL(", ").join(map(sql.Identifier, base.column_names))
+    names = listed(base.column_names)
     added = changed("added", sql.SQL("INSERT INTO {} AS b ({n}) SELECT {n} FROM {} WHERE {} = 'added'").format(
         _qualified(base), diff, sql.Identifier(_CHANGE), n=names))
     if log:
@@ -634,7 +634,7 @@ def _create_table(connection: adbc.Connection, table: TableSpec, primary_key: bo
     definitions = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_)) for name, type_ in gained]
     if not existing:
         if primary_key and table.key:
-            definitions.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.key))))
+            definitions.append(sql.SQL("PRIMARY KEY ({})").format(listed(table.key)))
         execute(connection, sql.SQL("CREATE TABLE {} ({})").format(_qualified(table), sql.SQL(", ").join(definitions)))
     elif definitions:
         execute(connection, sql.SQL("ALTER TABLE {} {}").format(

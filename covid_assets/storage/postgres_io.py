@@ -63,7 +63,7 @@ from pydantic import Field
 
 from covid_assets.storage import partitions
 from covid_assets.storage.keyed_diff import diff_by_key
-from covid_assets.storage.statements import execute
+from covid_assets.storage.statements import execute, listed, matched
 from covid_assets.storage.warehouse import WarehouseResource
 
 PRIMARY_KEY_METADATA = "primary_key"
@@ -108,7 +108,7 @@ def qualified_name(table_slice: TableSlice) -> sql.Identifier:
 
 def select_statement(table_slice: TableSlice) -> sql.Composed:
     columns = (
-        sql.SQL(", ").join(map(sql.Identifier, table_slice.columns))
+        listed(table_slice.columns)
         if table_slice.columns
         else sql.SQL("*")
     )
@@ -272,7 +272,7 @@ def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Ta
             sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(_postgres_type(keys.schema.field(column))[0]))
             for column in primary_key
         )
-        matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
+        matches = matched(primary_key, "t", "s")
         document = json.dumps(keys.select(primary_key).to_pylist(), default=str)  # one quoted literal, whatever the keys hold
         execute(
             connection,
@@ -283,12 +283,12 @@ def delete_keys(connection: adbc.Connection, target: sql.Identifier, keys: pa.Ta
         return
     stage_name = "stage_" + hashlib.sha1(target.as_string().encode()).hexdigest()[:16]  # safe for any table name
     stage = sql.Identifier(stage_name)
-    columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
+    columns = listed(primary_key)
     execute(connection, sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(stage, columns, target))
     with connection.cursor() as cursor:
         cursor.adbc_ingest(stage_name, keys, mode="append", temporary=True)
     execute(connection, sql.SQL("ANALYZE {}").format(stage))
-    matches = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(column)) for column in primary_key)
+    matches = matched(primary_key, "t", "s")
     execute(connection, sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(target, stage, matches))
     execute(connection, sql.SQL("DROP TABLE {}").format(stage))
 
@@ -488,7 +488,7 @@ def sync_table_definition(
 def _create_table(connection: adbc.Connection, name: sql.Identifier, column_types: Mapping[str, str], primary_key: list[str]) -> None:
     columns = [sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(pg_type)) for column, pg_type in column_types.items()]
     if primary_key:
-        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(listed(primary_key)))
     execute(connection, sql.SQL("CREATE TABLE {} ({})").format(name, sql.SQL(", ").join(columns)))
 
 
@@ -506,7 +506,7 @@ def _drop_primary_key(connection: adbc.Connection, table_slice: TableSlice, leav
 
 def _add_primary_key(connection: adbc.Connection, table_slice: TableSlice, primary_key: list[str]) -> None:
     """Built after the rows are loaded (one index build instead of row-by-row maintenance)."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, primary_key))
+    columns = listed(primary_key)
     execute(connection, sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(qualified_name(table_slice), columns))
 
 

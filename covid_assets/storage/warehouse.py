@@ -248,6 +248,10 @@ class WarehouseResource(ConfigurableResource):
         """Rows in `schema.table`, or None when the table does not exist yet."""
         if not self.table_exists(schema, table):
             return None
+        return self.count_rows(schema, table)
+
+    def count_rows(self, schema: str, table: str) -> int:
+        """Rows in `schema.table`, known to exist (the caller has asked the catalog)."""
         return self.query(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))[0][0]
 
     def count_by(self, schema: str, table: str, columns: list[str]) -> dict[tuple, int] | None:
